@@ -1,0 +1,13 @@
+"""sclatent: fast deep generative models for single-cell RNA-seq, in scanpy's style."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("sclatent")
+except PackageNotFoundError:  # pragma: no cover - not installed
+    __version__ = "0.0.0"
+
+from . import datasets, models, module, nn, pl, pp, tl, train  # noqa: E402
+from .models import Autoencoder  # noqa: E402
+
+__all__ = ["Autoencoder", "datasets", "models", "module", "nn", "pl", "pp", "tl", "train"]

@@ -1,0 +1,449 @@
+"""The user-facing model: wires AnnData ↔ :class:`~sclatent.module.AutoencoderModule` ↔ Lightning."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from .. import __version__
+from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
+from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, make_loader
+from ._setup import DataSetup
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from anndata import AnnData
+    from lightning.pytorch.callbacks import Callback
+
+_CONFIG_FILE = "config.json"
+_WEIGHTS_FILE = "model.pt"
+_FORMAT = 1
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Epochs to train for when ``max_epochs`` is not given: about 20,000 steps' worth of cells, 20 to 400 epochs."""
+    return int(np.clip(round(2_500_000 / max(n_cells, 1)), 20, 400))
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's start-up chatter and the warnings that do not apply to in-memory batches."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+            warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class Autoencoder:
+    """A (variational) autoencoder on single-cell counts with a batch-covariate encoder.
+
+    The batch and categorical covariates (one-hot) and continuous covariates (standardised) are
+    fed to every layer of the encoder and of the decoder, so that the latent space need not
+    carry technical effects. The observation model is one of the registered likelihoods:
+    ``"zinb"``, ``"nb"``, ``"poisson"`` (raw counts) or ``"gaussian"`` (log-normalised values).
+
+    Parameters
+    ----------
+    adata
+        Cells × genes. Subset to highly variable genes first, as for PCA or scVI.
+    layer
+        Layer with the data; ``None`` means ``adata.X``. Count likelihoods need raw counts.
+    batch_key
+        Column of ``adata.obs`` with the batch of each cell.
+    categorical_covariate_keys
+        Further categorical columns of ``adata.obs`` to condition on.
+    continuous_covariate_keys
+        Numeric columns of ``adata.obs`` to condition on (e.g. percent mitochondrial counts).
+    likelihood
+        ``"zinb"``, ``"nb"``, ``"poisson"``, ``"gaussian"`` or the name of a likelihood
+        registered with :func:`sclatent.module.register_likelihood`.
+    n_latent
+        Dimensions of the latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers in the encoder and in the decoder.
+    dropout_rate
+        Dropout in the encoder.
+    variational
+        A VAE with KL warm-up (``True``) or a deterministic autoencoder like DCA (``False``).
+    random_state
+        Seed for the weights, the validation split, the minibatch order and the sampling noise.
+
+    Examples
+    --------
+    >>> import sclatent as sl
+    >>> model = sl.models.Autoencoder(adata, batch_key="batch")  # doctest: +SKIP
+    >>> model.fit(max_epochs=50)  # doctest: +SKIP
+    >>> adata.obsm["X_sclatent"] = model.get_latent()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        likelihood: str = "zinb",
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        variational: bool = True,
+        random_state: int = 0,
+    ) -> None:
+        likelihood_cls = get_likelihood(likelihood)
+        for name, value, low in (("n_latent", n_latent, 1), ("n_hidden", n_hidden, 1), ("n_layers", n_layers, 1)):
+            if not isinstance(value, int | np.integer) or value < low:
+                msg = f"{name} must be an integer ≥ {low}, got {value!r}."
+                raise ValueError(msg)
+        if not 0 <= dropout_rate < 1:
+            msg = f"dropout_rate must be in [0, 1), got {dropout_rate!r}."
+            raise ValueError(msg)
+        self.setup = DataSetup.from_adata(
+            adata,
+            counts=likelihood_cls.counts,
+            layer=layer,
+            batch_key=batch_key,
+            categorical_covariate_keys=categorical_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys,
+        )
+        # check the data now, before any work, and keep it for fit()
+        self._data = self.setup.read(adata)
+        self.config = AutoencoderConfig(
+            n_genes=adata.n_vars,
+            n_latent=int(n_latent),
+            n_hidden=int(n_hidden),
+            n_layers=int(n_layers),
+            dropout_rate=float(dropout_rate),
+            likelihood=likelihood,
+            variational=variational,
+            n_categories=self.setup.n_categories,
+            n_continuous=len(self.setup.continuous_covariate_keys),
+        )
+        self.random_state = int(random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            self.module = AutoencoderModule(self.config)
+        self.history = pd.DataFrame({"train_loss": [], "validation_loss": []})
+        self.training_info: dict = {}
+        self.is_trained = False
+
+    def __repr__(self) -> str:
+        c = self.config
+        state = "trained" if self.is_trained else "not trained"
+        return (
+            f"Autoencoder(likelihood={c.likelihood!r}, n_latent={c.n_latent}, n_hidden={c.n_hidden}, "
+            f"n_layers={c.n_layers}, variational={c.variational}, genes={c.n_genes}, "
+            f"batch_key={self.setup.batch_key!r}; {state})"
+        )
+
+    # ---------------------------------------------------------------- training
+    def fit(
+        self,
+        *,
+        max_epochs: int | None = None,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        validation_fraction: float = 0.1,
+        batch_size: int = 256,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 1e-6,
+        kl_warmup_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        progress_bar: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> Autoencoder:
+        """Train on the AnnData given at construction.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; by default chosen from the number of cells
+            (:func:`default_max_epochs`).
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience``
+            epochs (never during KL warm-up), and restore the weights of the best epoch.
+        early_stopping_patience
+            Epochs without improvement before stopping.
+        validation_fraction
+            Fraction of cells held out to compute the validation loss. 0 turns validation off
+            (and then early stopping must be off too).
+        batch_size
+            Cells per minibatch.
+        learning_rate
+            Adam's learning rate.
+        weight_decay
+            Adam's weight decay.
+        kl_warmup_epochs
+            Epochs over which the KL weight rises linearly from 0 to 1; by default a quarter of
+            ``max_epochs`` (at most 100). Ignored when ``variational=False``.
+        accelerator
+            Lightning's accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``, …
+        devices
+            Lightning's devices.
+        progress_bar
+            Show a progress bar over epochs with the train and validation loss.
+        callbacks
+            Extra Lightning callbacks, e.g. a :class:`~lightning.pytorch.callbacks.ModelCheckpoint`.
+
+        Returns
+        -------
+        The model itself, trained.
+        """
+        X, library, cat, cont = self._data
+        n = X.shape[0]
+        if max_epochs is None:
+            max_epochs = default_max_epochs(n)
+        if not isinstance(max_epochs, int | np.integer) or max_epochs < 1:
+            msg = f"max_epochs must be a positive integer, got {max_epochs!r}."
+            raise ValueError(msg)
+        if not 0 <= validation_fraction < 1:
+            msg = f"validation_fraction must be in [0, 1), got {validation_fraction!r}."
+            raise ValueError(msg)
+        if batch_size < 2:
+            msg = f"batch_size must be at least 2, got {batch_size!r}."
+            raise ValueError(msg)
+        if early_stopping and validation_fraction == 0:
+            msg = "early_stopping needs held-out cells; set validation_fraction > 0 or early_stopping=False."
+            raise ValueError(msg)
+        if kl_warmup_epochs is None:
+            kl_warmup_epochs = min(100, max_epochs // 4)
+        if not self.config.variational:
+            kl_warmup_epochs = 0
+
+        rng = np.random.default_rng(self.random_state)
+        perm = rng.permutation(n)
+        n_val = round(n * validation_fraction) if validation_fraction > 0 else 0
+        if validation_fraction > 0:
+            n_val = max(n_val, 1)
+        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if len(train_idx) < 2:
+            msg = f"only {len(train_idx)} cells are left for training; lower validation_fraction or add cells."
+            raise ValueError(msg)
+
+        data = CellData(X, library, cat, cont)
+        train_loader = make_loader(data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=self.random_state)
+        val_loader = make_loader(data, val_idx, 4096, shuffle=False) if n_val else None
+
+        plan = TrainingPlan(
+            self.module, learning_rate=learning_rate, weight_decay=weight_decay, kl_warmup_epochs=kl_warmup_epochs
+        )
+        best = BestWeights() if early_stopping else None
+        cbs: list[Callback] = [*([EpochProgressBar()] if progress_bar else []), *callbacks]
+        if early_stopping:
+            cbs += [best, EarlyStopping("validation_loss", patience=early_stopping_patience, mode="min")]
+
+        start = time.perf_counter()
+        with _quiet_lightning(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            trainer = L.Trainer(
+                max_epochs=int(max_epochs),
+                min_epochs=int(kl_warmup_epochs) if early_stopping else None,
+                accelerator=accelerator,
+                devices=devices,
+                callbacks=cbs,
+                logger=False,
+                enable_checkpointing=any(type(cb).__name__ == "ModelCheckpoint" for cb in callbacks),
+                enable_model_summary=False,
+                enable_progress_bar=progress_bar,
+                num_sanity_val_steps=0,
+                limit_val_batches=1.0 if n_val else 0,
+                deterministic=False,
+            )
+            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+        elapsed = time.perf_counter() - start
+        self.module.to("cpu").eval()
+
+        hist = plan.history
+        n_epochs = len(hist["train_loss"])
+        val = hist["validation_loss"][:n_epochs] + [np.nan] * (n_epochs - len(hist["validation_loss"]))
+        self.history = pd.DataFrame(
+            {"train_loss": hist["train_loss"], "validation_loss": val}, index=pd.RangeIndex(n_epochs, name="epoch")
+        )
+        self.training_info = {
+            "n_epochs": n_epochs,
+            "max_epochs": int(max_epochs),
+            "best_epoch": int(best.best_epoch) if best is not None and best.best_epoch is not None else n_epochs - 1,
+            "stopped_early": bool(n_epochs < max_epochs),
+            "interrupted": bool(trainer.interrupted),
+            "train_time_s": float(elapsed),
+            "n_train_cells": len(train_idx),
+            "n_validation_cells": int(n_val),
+            "batch_size": int(batch_size),
+            "learning_rate": float(learning_rate),
+            "weight_decay": float(weight_decay),
+            "kl_warmup_epochs": int(kl_warmup_epochs),
+            "early_stopping": bool(early_stopping),
+            "validation_fraction": float(validation_fraction),
+        }
+        self._train_idx, self._val_idx = train_idx, val_idx
+        self.is_trained = True
+        return self
+
+    # ---------------------------------------------------------------- inference
+    def _inputs(self, adata: AnnData | None) -> CellData:
+        if adata is None:
+            if self._data is None:
+                msg = "this model holds no data (it was loaded without any); pass `adata`."
+                raise ValueError(msg)
+            return CellData(*self._data)
+        return CellData(*self.setup.read(adata))
+
+    @torch.inference_mode()
+    def _map(self, data: CellData, fn, batch_size: int) -> np.ndarray:
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = []
+        for start in range(0, len(data), batch_size):
+            batch = data[np.arange(start, min(start + batch_size, len(data)))]
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out.append(fn(batch).cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    def get_latent(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Posterior mean of the latent for each cell (cells × n_latent, float32).
+
+        ``adata`` defaults to the training data. New data need every training gene (matched
+        by name, in any order) and only batch categories seen in training.
+        """
+        data = self._inputs(adata)
+        return self._map(data, lambda b: self.module.encode(b["x"], self.module.covariates(b))[0], batch_size)
+
+    def get_denoised(
+        self,
+        adata: AnnData | None = None,
+        *,
+        transform_batch: str | None = None,
+        library_size: float = 1e4,
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """Denoised expression (cells × genes, float32).
+
+        For count likelihoods this is the expected count at a library size of ``library_size``
+        (the mean of the NB/Poisson part, without zero-inflation): expression per 10,000 counts
+        by default, comparable across cells. For ``"gaussian"`` it is the decoder's mean in the
+        units of the input (e.g. log-normalised). It is computed at the posterior mean.
+
+        Parameters
+        ----------
+        adata
+            Defaults to the training data.
+        transform_batch
+            Decode every cell as if it were in this batch (a category of ``batch_key``).
+        library_size
+            Library size to normalise to (count likelihoods).
+        batch_size
+            Cells per forward pass.
+        """
+        data = self._inputs(adata)
+        target = None
+        if transform_batch is not None:
+            key = self.setup.batch_key
+            if key is None:
+                msg = "transform_batch needs a model trained with batch_key."
+                raise ValueError(msg)
+            cats = self.setup.categories[key]
+            if str(transform_batch) not in cats:
+                msg = f"transform_batch={transform_batch!r} is not a category of {key!r}: {cats}."
+                raise ValueError(msg)
+            target = cats.index(str(transform_batch))
+        factor = library_size if self.module.likelihood.counts else 1.0
+
+        def fn(b):
+            cov = self.module.covariates(b)
+            z = self.module.encode(b["x"], cov)[0]  # each cell encoded with its own batch
+            if target is not None:
+                cat = b["cat"].clone()
+                cat[:, 0] = target
+                cov = self.module.covariates({**b, "cat": cat})
+            return self.module.normalized_mean(z, cov) * factor
+
+        return self._map(data, fn, batch_size).astype(np.float32, copy=False)
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Save to directory ``path``: ``config.json`` (configuration, genes, categories, history) and ``model.pt`` (tensors).
+
+        ``model.pt`` holds only tensors and plain containers, so it loads with ``torch.load(..., weights_only=True)``.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite and any(path.iterdir()):
+            msg = f"{path} exists and is not empty; pass overwrite=True to replace it."
+            raise FileExistsError(msg)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": _FORMAT,
+            "sclatent_version": __version__,
+            "config": self.config.to_dict(),
+            "setup": self.setup.to_dict(),
+            "random_state": self.random_state,
+            "is_trained": self.is_trained,
+            "training_info": self.training_info,
+            "history": {k: [None if np.isnan(v) else v for v in self.history[k]] for k in self.history},
+        }
+        (path / _CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, path / _WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path, adata: AnnData | None = None) -> Autoencoder:
+        """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its default data."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / _CONFIG_FILE).read_text())
+        except FileNotFoundError:
+            msg = f"{path} has no {_CONFIG_FILE}; is it a directory written by Autoencoder.save?"
+            raise FileNotFoundError(msg) from None
+        except json.JSONDecodeError as e:
+            msg = f"{path / _CONFIG_FILE} is corrupted ({e})."
+            raise ValueError(msg) from None
+        if meta.get("format") != _FORMAT:
+            msg = f"{path} was written in model format {meta.get('format')!r} (sclatent {meta.get('sclatent_version')}); this sclatent ({__version__}) reads format {_FORMAT}."
+            raise ValueError(msg)
+        try:
+            state = torch.load(path / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            msg = f"{path / _WEIGHTS_FILE} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e})."
+            raise ValueError(msg) from None
+        self = cls.__new__(cls)
+        self.config = AutoencoderConfig(**meta["config"])
+        self.setup = DataSetup(**meta["setup"])
+        self.random_state = meta["random_state"]
+        self.module = AutoencoderModule(self.config)
+        self.module.load_state_dict(state)
+        self.module.eval()
+        self.is_trained = meta["is_trained"]
+        self.training_info = meta["training_info"]
+        hist = meta["history"]
+        self.history = pd.DataFrame(
+            {k: np.array([np.nan if v is None else v for v in hist[k]], dtype=float) for k in hist},
+            index=pd.RangeIndex(len(hist.get("train_loss", [])), name="epoch"),
+        )
+        self._data = self.setup.read(adata) if adata is not None else None
+        return self

@@ -1,0 +1,218 @@
+"""How a model reads an AnnData: which matrix, which genes, which covariates, checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+#: The fewest cells a model can be trained on.
+MIN_CELLS = 16
+_CHUNK = 10_000
+
+
+def _matrix(adata: AnnData, layer: str | None):
+    if layer is None:
+        X = adata.X
+        if X is None:
+            msg = "adata.X is empty; pass the layer that holds the counts with `layer=`."
+            raise ValueError(msg)
+        return X
+    if layer not in adata.layers:
+        msg = f"layer {layer!r} not found in adata.layers (available: {list(adata.layers)}); pass an existing layer or `layer=None` for adata.X."
+        raise KeyError(msg)
+    return adata.layers[layer]
+
+
+def _as_rows(X):
+    """CSR or dense ndarray, sliceable by rows without densifying the whole matrix."""
+    if sp.issparse(X):
+        return X if X.format == "csr" else sp.csr_matrix(X)
+    if hasattr(X, "to_memory"):  # backed or lazy arrays
+        X = X.to_memory()
+    return np.asarray(X)
+
+
+def _where(layer: str | None) -> str:
+    return "adata.X" if layer is None else f"layer {layer!r}"
+
+
+def check_values(X, *, layer: str | None, counts: bool) -> None:
+    """Raise on NaN/inf, and on negative or non-integer values when counts are expected.
+
+    Sparse matrices are checked on their stored values, dense ones chunk by chunk.
+    """
+    chunks = [X.data] if sp.issparse(X) else (X[i : i + _CHUNK] for i in range(0, X.shape[0], _CHUNK))
+    for chunk in chunks:
+        chunk = np.asarray(chunk)
+        if not np.issubdtype(chunk.dtype, np.number) or np.issubdtype(chunk.dtype, np.complexfloating):
+            msg = f"{_where(layer)} has dtype {chunk.dtype}; expected real numbers."
+            raise TypeError(msg)
+        if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
+            msg = f"{_where(layer)} holds NaN or infinite values; remove or fix them before training."
+            raise ValueError(msg)
+        if not counts:
+            continue
+        if (chunk < 0).any():
+            msg = f"{_where(layer)} holds negative values; pass raw counts (e.g. `layer='counts'`) or use likelihood='gaussian' for log-normalised data."
+            raise ValueError(msg)
+        if np.issubdtype(chunk.dtype, np.floating) and (chunk != np.round(chunk)).any():
+            msg = f"{_where(layer)} holds non-integer values; pass raw counts (e.g. `layer='counts'`) or use likelihood='gaussian' for log-normalised data."
+            raise ValueError(msg)
+
+
+def _row_sums(X) -> np.ndarray:
+    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+
+
+@dataclass
+class DataSetup:
+    """Where a model finds its data in an AnnData, and the category mappings it was trained with.
+
+    Saved with the model, so that new data are read the same way.
+    """
+
+    var_names: list[str]
+    counts: bool
+    layer: str | None = None
+    batch_key: str | None = None
+    categorical_covariate_keys: list[str] = field(default_factory=list)
+    continuous_covariate_keys: list[str] = field(default_factory=list)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    continuous_mean: list[float] = field(default_factory=list)
+    continuous_std: list[float] = field(default_factory=list)
+
+    @property
+    def categorical_keys(self) -> list[str]:
+        """The batch key (if any) followed by the categorical covariate keys."""
+        return ([self.batch_key] if self.batch_key else []) + list(self.categorical_covariate_keys)
+
+    @property
+    def n_categories(self) -> list[int]:
+        """Number of categories per categorical key."""
+        return [len(self.categories[k]) for k in self.categorical_keys]
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable copy."""
+        return asdict(self)
+
+    @classmethod
+    def from_adata(
+        cls,
+        adata: AnnData,
+        *,
+        counts: bool,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+    ) -> DataSetup:
+        """Check ``adata`` for training and record the genes and covariate categories."""
+        cat_keys = list(categorical_covariate_keys or [])
+        cont_keys = list(continuous_covariate_keys or [])
+        _matrix(adata, layer)
+        keys = ([batch_key] if batch_key else []) + cat_keys + cont_keys
+        missing = [k for k in keys if k not in adata.obs]
+        if missing:
+            msg = f"key(s) {missing} not found in adata.obs (columns: {list(adata.obs.columns)})."
+            raise KeyError(msg)
+        if len(set(keys)) != len(keys):
+            msg = f"the same obs column appears twice among batch_key and the covariate keys: {keys}."
+            raise ValueError(msg)
+        categories = {}
+        for key in ([batch_key] if batch_key else []) + cat_keys:
+            col = adata.obs[key]
+            if col.isna().any():
+                msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
+                raise ValueError(msg)
+            cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else pd.Index(col.unique()).sort_values()
+            used = pd.Index(cats)[pd.Index(cats).isin(col.unique())]
+            categories[key] = [str(c) for c in used]
+        mean, std = [], []
+        for key in cont_keys:
+            values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
+                raise ValueError(msg)
+            mean.append(float(values.mean()))
+            std.append(float(values.std()) or 1.0)
+        setup = cls(
+            var_names=[str(v) for v in adata.var_names],
+            counts=counts,
+            layer=layer,
+            batch_key=batch_key,
+            categorical_covariate_keys=cat_keys,
+            continuous_covariate_keys=cont_keys,
+            categories=categories,
+            continuous_mean=mean,
+            continuous_std=std,
+        )
+        if adata.n_obs < MIN_CELLS:
+            msg = f"adata has {adata.n_obs} cells; training needs at least {MIN_CELLS}."
+            raise ValueError(msg)
+        return setup
+
+    def read(self, adata: AnnData) -> tuple[object, np.ndarray, np.ndarray, np.ndarray]:
+        """Check ``adata`` and return its matrix (genes in training order), library sizes and covariates.
+
+        Raises before any work on missing genes, unseen categories, bad values or empty cells.
+        """
+        if adata.n_obs == 0:
+            msg = "adata has no cells."
+            raise ValueError(msg)
+        if adata.n_vars == 0:
+            msg = "adata has no genes."
+            raise ValueError(msg)
+        if not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+            msg = f"adata.var_names are not unique (e.g. {dup}); call `adata.var_names_make_unique()` first."
+            raise ValueError(msg)
+        X = _matrix(adata, self.layer)
+        var_names = pd.Index(self.var_names)
+        if not var_names.equals(adata.var_names):
+            pos = adata.var_names.get_indexer(var_names)
+            if (pos < 0).any():
+                missing = var_names[pos < 0]
+                msg = f"{len(missing)} of the model's {len(var_names)} genes are missing from adata.var_names (e.g. {missing[:5].tolist()}); the data must contain every gene the model was trained on."
+                raise ValueError(msg)
+            X = X[:, pos]
+        X = _as_rows(X)
+        check_values(X, layer=self.layer, counts=self.counts)
+        library = _row_sums(X)
+        if self.counts and (library == 0).any():
+            n = int((library == 0).sum())
+            msg = f"{n} cells have no counts in {_where(self.layer)} over the model's genes; remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+            raise ValueError(msg)
+        cat = np.zeros((adata.n_obs, len(self.categorical_keys)), dtype=np.int64)
+        for j, key in enumerate(self.categorical_keys):
+            if key not in adata.obs:
+                msg = f"adata.obs has no column {key!r}, which the model was trained with."
+                raise KeyError(msg)
+            col = adata.obs[key]
+            if col.isna().any():
+                msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
+                raise ValueError(msg)
+            values = col.astype(str).to_numpy()
+            codes = pd.Categorical(values, categories=self.categories[key]).codes
+            if (codes < 0).any():
+                unseen = sorted(set(values[codes < 0]))
+                msg = f"adata.obs[{key!r}] has categories the model was not trained on: {unseen[:10]}; known categories: {self.categories[key][:10]}."
+                raise ValueError(msg)
+            cat[:, j] = codes
+        cont = np.zeros((adata.n_obs, len(self.continuous_covariate_keys)), dtype=np.float32)
+        for j, key in enumerate(self.continuous_covariate_keys):
+            if key not in adata.obs:
+                msg = f"adata.obs has no column {key!r}, which the model was trained with."
+                raise KeyError(msg)
+            values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
+            if not np.isfinite(values).all():
+                msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
+                raise ValueError(msg)
+            cont[:, j] = (values - self.continuous_mean[j]) / self.continuous_std[j]
+        return X, library, cat, cont

@@ -1,0 +1,39 @@
+"""Pure :mod:`torch` modules and the likelihoods (the hooks for new observation models)."""
+
+from ._autoencoder import AutoencoderConfig, AutoencoderModule, LossOutput
+from ._likelihoods import (
+    GaussianLikelihood,
+    Likelihood,
+    NBLikelihood,
+    NegativeBinomial,
+    Poisson,
+    PoissonLikelihood,
+    ZeroInflatedNegativeBinomial,
+    ZINBLikelihood,
+    available_likelihoods,
+    get_likelihood,
+    log_nb,
+    log_poisson,
+    log_zinb,
+    register_likelihood,
+)
+
+__all__ = [
+    "AutoencoderConfig",
+    "AutoencoderModule",
+    "GaussianLikelihood",
+    "Likelihood",
+    "LossOutput",
+    "NBLikelihood",
+    "NegativeBinomial",
+    "Poisson",
+    "PoissonLikelihood",
+    "ZINBLikelihood",
+    "ZeroInflatedNegativeBinomial",
+    "available_likelihoods",
+    "get_likelihood",
+    "log_nb",
+    "log_poisson",
+    "log_zinb",
+    "register_likelihood",
+]

@@ -1,0 +1,143 @@
+"""The autoencoder as a plain :class:`torch.nn.Module`: encode, decode, loss. No AnnData, no Lightning."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution
+
+from ..nn import MLP, Encoder
+from ._likelihoods import get_likelihood
+
+
+@dataclass
+class AutoencoderConfig:
+    """Hyperparameters of :class:`AutoencoderModule`; saved with every model file.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (input and output features).
+    n_latent
+        Dimensions of the latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers in the encoder and in the decoder.
+    dropout_rate
+        Dropout in the encoder's hidden layers.
+    likelihood
+        Name of a registered likelihood, see :func:`sclatent.module.available_likelihoods`.
+    variational
+        A VAE (Gaussian posterior, KL to a standard normal prior) or a deterministic autoencoder.
+    n_categories
+        Number of categories of each categorical covariate, the batch first.
+    n_continuous
+        Number of continuous covariates.
+    norm
+        Normalisation of the hidden layers: ``"batch"``, ``"layer"`` or ``"none"``.
+    """
+
+    n_genes: int
+    n_latent: int = 10
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout_rate: float = 0.1
+    likelihood: str = "zinb"
+    variational: bool = True
+    n_categories: list[int] = field(default_factory=list)
+    n_continuous: int = 0
+    norm: str = "batch"
+
+    @property
+    def n_covariates(self) -> int:
+        """Length of the covariate vector fed to every layer."""
+        return sum(self.n_categories) + self.n_continuous
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable copy."""
+        return asdict(self)
+
+
+class LossOutput(NamedTuple):
+    """What :meth:`AutoencoderModule.forward` returns."""
+
+    #: The objective to minimise: mean over cells of reconstruction + kl_weight × KL.
+    loss: torch.Tensor
+    #: Per-cell negative log-likelihood of the observations.
+    reconstruction: torch.Tensor
+    #: Per-cell KL divergence of the posterior from the prior (zeros when not variational).
+    kl: torch.Tensor
+
+
+class AutoencoderModule(nn.Module):
+    """Encoder, decoder and likelihood, each fed the covariates.
+
+    A batch of data is a dict with ``"x"`` (cells × genes), ``"library"`` (cells × 1, total
+    counts), ``"cat"`` (cells × categorical covariates, integer codes) and ``"cont"`` (cells ×
+    continuous covariates, standardised).
+
+    Parameters
+    ----------
+    config
+        The hyperparameters.
+    """
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_cov = config.n_covariates
+        self.encoder = Encoder(
+            config.n_genes,
+            config.n_latent,
+            n_hidden=config.n_hidden,
+            n_cov=n_cov,
+            n_layers=config.n_layers,
+            dropout_rate=config.dropout_rate,
+            norm=config.norm,
+        )
+        self.decoder = MLP(
+            config.n_latent, config.n_hidden, n_cov=n_cov, n_layers=config.n_layers, dropout_rate=0.0, norm=config.norm
+        )
+        self.likelihood = get_likelihood(config.likelihood)(config.n_hidden, config.n_genes)
+
+    def covariates(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """One-hot categorical covariates and continuous ones, concatenated (cells × n_covariates)."""
+        parts = [
+            F.one_hot(batch["cat"][:, i], n).to(batch["x"].dtype) for i, n in enumerate(self.config.n_categories)
+        ]
+        if self.config.n_continuous:
+            parts.append(batch["cont"])
+        return torch.cat(parts, dim=-1) if parts else None
+
+    def encode(self, x: torch.Tensor, cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance of the latent (variance is 0 for a deterministic autoencoder)."""
+        mean, var = self.encoder(self.likelihood.encoder_input(x), cov)
+        return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
+
+    def decode(self, z: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor) -> Distribution:
+        """The distribution of the observations given latent ``z``."""
+        return self.likelihood(self.decoder(z, cov), library)
+
+    def normalized_mean(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        """Denoised expression for latent ``z`` (see :meth:`Likelihood.normalized_mean`)."""
+        return self.likelihood.normalized_mean(self.decoder(z, cov))
+
+    def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossOutput:
+        """Encode, sample, decode and score a batch."""
+        x = batch["x"]
+        cov = self.covariates(batch)
+        mean, var = self.encode(x, cov)
+        if self.config.variational:
+            z = mean + torch.sqrt(var) * torch.randn_like(mean) if self.training else mean
+            kl = 0.5 * (mean.pow(2) + var - torch.log(var) - 1).sum(-1)
+        else:
+            z = mean
+            kl = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        reconstruction = -self.decode(z, cov, batch["library"]).log_prob(x).sum(-1)
+        loss = torch.mean(reconstruction + kl_weight * kl)
+        return LossOutput(loss, reconstruction, kl)

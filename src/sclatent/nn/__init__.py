@@ -1,0 +1,5 @@
+"""Neural-network building blocks."""
+
+from ._base import MLP, Encoder
+
+__all__ = ["MLP", "Encoder"]

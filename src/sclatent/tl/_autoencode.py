@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import anndata
+import lightning
+import numpy as np
+import scanpy as sc
+import scvi
+import torch
+from scanpy import logging as logg
+
+from .. import __version__
+from ..models import Autoencoder
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from lightning.pytorch.callbacks import Callback
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "sclatent": __version__,
+        "torch": torch.__version__,
+        "scanpy": sc.__version__,
+        "anndata": anndata.__version__,
+        "scvi-tools": scvi.__version__,
+        "lightning": lightning.__version__,
+    }
+
+
+def _warn_overwrite(adata: AnnData, key_added: str) -> None:
+    clashes = [
+        f"{slot}[{key!r}]"
+        for slot, key in (("obsm", f"X_{key_added}"), ("layers", f"{key_added}_denoised"), ("uns", key_added))
+        if key in getattr(adata, slot)
+    ]
+    if clashes:
+        warnings.warn(
+            f"overwriting {', '.join(clashes)} from an earlier run; pass another `key_added` to keep both.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def autoencode(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+    likelihood: str = "zinb",
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    dropout_rate: float = 0.1,
+    variational: bool = True,
+    max_epochs: int | None = None,
+    early_stopping: bool = True,
+    validation_fraction: float = 0.1,
+    batch_size: int = 256,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 1e-6,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    random_state: int = 0,
+    key_added: str = "sclatent",
+    denoise: bool = True,
+    transform_batch: str | None = None,
+    callbacks: Sequence[Callback] = (),
+    copy: bool = False,
+    progress_bar: bool = True,
+    return_model: bool = False,
+) -> AnnData | Autoencoder | tuple[AnnData, Autoencoder] | None:
+    """Train a (variational) autoencoder on counts and store its latent space and denoised expression.
+
+    The model (:class:`sclatent.models.Autoencoder`) feeds the batch and other covariates to the
+    encoder and the decoder, so the latent space is freed of the batch effect. Its observation
+    model is a zero-inflated negative binomial by default. Use the latent as you would PCA:
+    ``sc.pp.neighbors(adata, use_rep="X_sclatent")``, then Leiden and UMAP.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix, cells × genes. Subset to highly variable genes first
+        (e.g. 2,000), as for scVI.
+    layer
+        Layer holding the data; ``None`` uses ``adata.X``. Count likelihoods need raw counts;
+        ``likelihood="gaussian"`` expects log-normalised values.
+    batch_key
+        Column of ``adata.obs`` with each cell's batch (technology, plate, donor…).
+    categorical_covariate_keys
+        Further categorical ``adata.obs`` columns to condition on.
+    continuous_covariate_keys
+        Numeric ``adata.obs`` columns to condition on (e.g. percent mitochondrial counts).
+    likelihood
+        ``"zinb"`` (zero-inflated negative binomial), ``"nb"``, ``"poisson"`` or ``"gaussian"``,
+        or a name registered with :func:`sclatent.module.register_likelihood`.
+    n_latent
+        Dimensions of the latent space.
+    n_hidden
+        Width of the hidden layers.
+    n_layers
+        Hidden layers in the encoder and in the decoder.
+    dropout_rate
+        Dropout in the encoder.
+    variational
+        A VAE with KL warm-up (``True``) or a deterministic autoencoder like DCA (``False``).
+    max_epochs
+        Upper bound on epochs; by default chosen from the number of cells
+        (:func:`sclatent.models.default_max_epochs`: 400 for ≤ 6,250 cells, down to 20 for 125,000 or more).
+    early_stopping
+        Stop when the loss on held-out cells stops improving and restore the best weights.
+    validation_fraction
+        Fraction of cells held out for validation.
+    batch_size
+        Cells per minibatch.
+    learning_rate
+        Adam's learning rate.
+    weight_decay
+        Adam's weight decay.
+    accelerator
+        Lightning's accelerator: ``"auto"`` uses a GPU when there is one, ``"cpu"`` or ``"gpu"``.
+    devices
+        Lightning's devices.
+    random_state
+        Seed of the weights, validation split, minibatch order and sampling noise. The same seed
+        gives the same latent on the CPU.
+    key_added
+        Name under which the results are stored.
+    denoise
+        Also compute the denoised layer (cells × genes, dense float32).
+    transform_batch
+        Denoise as if every cell were in this batch.
+    callbacks
+        Extra Lightning callbacks.
+    copy
+        Return a copy instead of writing to ``adata``.
+    progress_bar
+        Show a progress bar over epochs.
+    return_model
+        Also return the trained :class:`~sclatent.models.Autoencoder`.
+
+    Returns
+    -------
+    ``None``, or a copy of ``adata`` with ``copy=True``; the model with ``return_model=True``
+    (a tuple ``(adata, model)`` with both). Sets the following fields:
+
+    ``adata.obsm['X_{key_added}']`` : :class:`numpy.ndarray` (dtype ``float32``)
+        The latent posterior mean of each cell.
+    ``adata.layers['{key_added}_denoised']`` : :class:`numpy.ndarray` (dtype ``float32``)
+        Denoised expression: expected counts per 10,000 (count likelihoods; the negative
+        binomial or Poisson mean, without zero-inflation), or the decoded mean (gaussian).
+        Not written with ``denoise=False``.
+    ``adata.uns['{key_added}']['params']`` : :class:`dict`
+        The arguments and model configuration.
+    ``adata.uns['{key_added}']['history']`` : :class:`dict`
+        ``train_loss`` and ``validation_loss`` per epoch (negative ELBO per cell).
+    ``adata.uns['{key_added}']['training']`` : :class:`dict`
+        Epochs run, best epoch, whether it stopped early, time, cells used.
+    ``adata.uns['{key_added}']['versions']`` : :class:`dict`
+        Versions of sclatent, torch, scanpy, anndata, scvi-tools and lightning.
+
+    Examples
+    --------
+    >>> import scanpy as sc
+    >>> import sclatent as sl
+    >>> adata = sl.datasets.pbmc3k()
+    >>> sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=2000, subset=True)  # doctest: +SKIP
+    >>> sl.tl.autoencode(adata)  # doctest: +SKIP
+    >>> sc.pp.neighbors(adata, use_rep="X_sclatent")  # doctest: +SKIP
+    """
+    start = logg.info(f"training a {likelihood} {'variational ' if variational else ''}autoencoder")
+    model = Autoencoder(
+        adata,
+        layer=layer,
+        batch_key=batch_key,
+        categorical_covariate_keys=categorical_covariate_keys,
+        continuous_covariate_keys=continuous_covariate_keys,
+        likelihood=likelihood,
+        n_latent=n_latent,
+        n_hidden=n_hidden,
+        n_layers=n_layers,
+        dropout_rate=dropout_rate,
+        variational=variational,
+        random_state=random_state,
+    )
+    if transform_batch is not None and (batch_key is None or str(transform_batch) not in model.setup.categories[batch_key]):
+        msg = f"transform_batch={transform_batch!r} must be a category of batch_key={batch_key!r}."
+        raise ValueError(msg)
+    logg.debug(f"    {adata.n_obs} cells × {adata.n_vars} genes, {model!r}")
+    model.fit(
+        max_epochs=max_epochs,
+        early_stopping=early_stopping,
+        validation_fraction=validation_fraction,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        accelerator=accelerator,
+        devices=devices,
+        progress_bar=progress_bar,
+        callbacks=callbacks,
+    )
+    latent = model.get_latent()
+    denoised = model.get_denoised(transform_batch=transform_batch) if denoise else None
+
+    adata = adata.copy() if copy else adata
+    _warn_overwrite(adata, key_added)
+    adata.obsm[f"X_{key_added}"] = latent
+    if denoised is not None:
+        adata.layers[f"{key_added}_denoised"] = denoised
+    params = {
+        "layer": layer,
+        "batch_key": batch_key,
+        "categorical_covariate_keys": list(categorical_covariate_keys or []),
+        "continuous_covariate_keys": list(continuous_covariate_keys or []),
+        "transform_batch": transform_batch,
+        "random_state": random_state,
+        **model.config.to_dict(),
+    }
+    info = model.training_info
+    adata.uns[key_added] = {
+        "params": {k: v for k, v in params.items() if v is not None and v != []},
+        "history": {k: model.history[k].to_numpy() for k in model.history},
+        "training": info,
+        "versions": _versions(),
+    }
+    logg.info(
+        f"    finished after {info['n_epochs']} epochs (best {info['best_epoch']})",
+        time=start,
+        deep=(
+            f"added\n    'X_{key_added}', latent (adata.obsm)\n"
+            + (f"    '{key_added}_denoised', denoised expression (adata.layers)\n" if denoise else "")
+            + f"    '{key_added}', parameters and history (adata.uns)"
+        ),
+    )
+    if return_model:
+        return (adata, model) if copy else model
+    return adata if copy else None

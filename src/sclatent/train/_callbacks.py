@@ -1,0 +1,74 @@
+"""Lightning callbacks used in every fit."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from tqdm.auto import tqdm
+
+
+class BestWeights(Callback):
+    """Keep a copy of the weights with the lowest validation loss and restore it when training ends.
+
+    Training that ends early (early stopping, an interrupt, an error) also gets the best
+    weights back. :attr:`best_epoch` and :attr:`best_score` tell which.
+    """
+
+    def __init__(self, monitor: str = "validation_loss") -> None:
+        self.monitor = monitor
+        self.best_score = math.inf
+        self.best_epoch: int | None = None
+        self._state: dict | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None or not math.isfinite(float(score)) or float(score) >= self.best_score:
+            return
+        self.best_score = float(score)
+        self.best_epoch = trainer.current_epoch
+        self._state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+    def restore(self, pl_module: L.LightningModule) -> None:
+        """Load the best weights seen so far into ``pl_module``."""
+        if self._state is not None:
+            pl_module.load_state_dict(self._state)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self.restore(pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:  # noqa: D102
+        self.restore(pl_module)
+
+
+class EpochProgressBar(ProgressBar):
+    """One progress bar over epochs, showing train and validation loss (terminal and Jupyter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._bar: tqdm | None = None
+
+    def disable(self) -> None:  # noqa: D102
+        self._enabled = False
+
+    def enable(self) -> None:  # noqa: D102
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch", disable=not self._enabled)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        metrics = {k: f"{float(v):.4g}" for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
+        self._bar.set_postfix(metrics, refresh=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,85 @@
+"""The thin :class:`lightning.LightningModule` that trains an :class:`~sclatent.module.AutoencoderModule`."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ..module import AutoencoderModule
+
+
+class TrainingPlan(L.LightningModule):
+    """Optimise a module's loss with Adam, warming up the KL weight linearly.
+
+    The per-epoch negative ELBO (reconstruction + KL at full weight, per cell) on the training
+    and validation cells is kept in :attr:`history` and logged as ``train_loss`` and
+    ``validation_loss`` (the latter is what early stopping monitors).
+
+    Parameters
+    ----------
+    module
+        The model.
+    learning_rate
+        Adam's learning rate.
+    weight_decay
+        Adam's weight decay.
+    kl_warmup_epochs
+        Epochs over which the KL weight rises from 0 to 1.
+    """
+
+    def __init__(
+        self, module: AutoencoderModule, *, learning_rate: float, weight_decay: float, kl_warmup_epochs: int
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
+        self._sums = {"train": [0.0, 0], "validation": [0.0, 0]}
+
+    @property
+    def kl_weight(self) -> float:
+        """The weight of the KL term in the current epoch."""
+        if self.kl_warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, self.current_epoch / self.kl_warmup_epochs)
+
+    def _accumulate(self, split: str, out, n: int) -> None:
+        acc = self._sums[split]
+        acc[0] += (out.reconstruction + out.kl).detach().sum()
+        acc[1] += n
+
+    def _epoch_mean(self, split: str) -> float:
+        total, n = self._sums[split]
+        self._sums[split] = [0.0, 0]
+        return float(total) / max(n, 1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        out = self.module(batch, kl_weight=self.kl_weight)
+        self._accumulate("train", out, batch["x"].shape[0])
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        out = self.module(batch, kl_weight=1.0)
+        self._accumulate("validation", out, batch["x"].shape[0])
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        if self.trainer.sanity_checking:
+            self._epoch_mean("validation")
+            return
+        value = self._epoch_mean("validation")
+        self.history["validation_loss"].append(value)
+        self.log("validation_loss", value, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        value = self._epoch_mean("train")
+        self.history["train_loss"].append(value)
+        self.log("train_loss", value, prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+        # the fused kernel updates all parameters in one pass (CPU and CUDA)
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(
+            self.module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay, eps=0.01, fused=fused
+        )
