@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
-from . import datasets, models, module, nn, pl, pp, tl, train  # noqa: E402
-from .models import Autoencoder  # noqa: E402
+from . import datasets, models, module, nn, pl, pp, tl, train
+from .models import Autoencoder
 
 __all__ = ["Autoencoder", "datasets", "models", "module", "nn", "pl", "pp", "tl", "train"]

@@ -4,6 +4,7 @@ from importlib.resources import files
 from typing import TYPE_CHECKING
 
 import anndata as ad
+import numpy as np
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -47,4 +48,6 @@ def paul15() -> AnnData:
     -------
     AnnData of 2,730 cells × 3,451 genes.
     """
-    return _read("paul15")
+    adata = _read("paul15")
+    adata.uns["iroot"] = int(np.asarray(adata.uns["iroot"]).ravel()[0])  # stored as a 1-element array
+    return adata

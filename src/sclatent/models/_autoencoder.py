@@ -150,6 +150,8 @@ class Autoencoder:
             self.module = AutoencoderModule(self.config)
         self.history = pd.DataFrame({"train_loss": [], "validation_loss": []})
         self.training_info: dict = {}
+        #: Positions (in the training AnnData) of the cells trained on and held out, set by :meth:`fit`.
+        self.train_indices = self.validation_indices = np.array([], dtype=int)
         self.is_trained = False
 
     def __repr__(self) -> str:
@@ -247,7 +249,9 @@ class Autoencoder:
             raise ValueError(msg)
 
         data = CellData(X, library, cat, cont)
-        train_loader = make_loader(data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=self.random_state)
+        train_loader = make_loader(
+            data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=self.random_state
+        )
         val_loader = make_loader(data, val_idx, 4096, shuffle=False) if n_val else None
 
         plan = TrainingPlan(
@@ -301,7 +305,7 @@ class Autoencoder:
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
         }
-        self._train_idx, self._val_idx = train_idx, val_idx
+        self.train_indices, self.validation_indices = train_idx, val_idx
         self.is_trained = True
         return self
 
@@ -333,6 +337,51 @@ class Autoencoder:
         """
         data = self._inputs(adata)
         return self._map(data, lambda b: self.module.encode(b["x"], self.module.covariates(b))[0], batch_size)
+
+    def elbo(
+        self, adata: AnnData | None = None, *, indices: np.ndarray | None = None, batch_size: int = 4096
+    ) -> np.ndarray:
+        """Per-cell evidence lower bound: ``log p(x | z)`` at the posterior mean of ``z``, minus the KL.
+
+        A deterministic estimate of the ELBO (the decoder is evaluated at the posterior mean
+        rather than at samples). Higher is better; comparable between count likelihoods on the
+        same cells, e.g. on the held-out cells ``model.validation_indices``.
+
+        Parameters
+        ----------
+        adata
+            Defaults to the training data.
+        indices
+            Score only these cells (positions in ``adata``).
+        batch_size
+            Cells per forward pass.
+        """
+        data = self._inputs(adata)
+        if indices is not None:
+            idx = np.asarray(indices)
+            data = CellData(
+                data.X[idx], data.library[idx].numpy().ravel(), data.cat[idx].numpy(), data.cont[idx].numpy()
+            )
+
+        def fn(b):
+            out = self.module(b, kl_weight=1.0)
+            return -(out.reconstruction + out.kl)
+
+        return self._map(data, fn, batch_size)
+
+    def get_dropout_probability(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
+        """Probability that each count is a technical zero (ZINB only), cells × genes."""
+        if not hasattr(self.module.likelihood, "dropout_logits"):
+            msg = f"likelihood {self.config.likelihood!r} has no dropout probability; use likelihood='zinb'."
+            raise ValueError(msg)
+        data = self._inputs(adata)
+
+        def fn(b):
+            cov = self.module.covariates(b)
+            z = self.module.encode(b["x"], cov)[0]
+            return torch.sigmoid(self.module.likelihood.dropout_logits(self.module.decoder(z, cov)))
+
+        return self._map(data, fn, batch_size).astype(np.float32, copy=False)
 
     def get_denoised(
         self,
@@ -404,6 +453,8 @@ class Autoencoder:
             "random_state": self.random_state,
             "is_trained": self.is_trained,
             "training_info": self.training_info,
+            "train_indices": self.train_indices.tolist(),
+            "validation_indices": self.validation_indices.tolist(),
             "history": {k: [None if np.isnan(v) else v for v in self.history[k]] for k in self.history},
         }
         (path / _CONFIG_FILE).write_text(json.dumps(meta, indent=1))
@@ -440,6 +491,8 @@ class Autoencoder:
         self.module.eval()
         self.is_trained = meta["is_trained"]
         self.training_info = meta["training_info"]
+        self.train_indices = np.asarray(meta.get("train_indices", []), dtype=int)
+        self.validation_indices = np.asarray(meta.get("validation_indices", []), dtype=int)
         hist = meta["history"]
         self.history = pd.DataFrame(
             {k: np.array([np.nan if v is None else v for v in hist[k]], dtype=float) for k in hist},

@@ -99,7 +99,7 @@ class DataSetup:
         return [len(self.categories[k]) for k in self.categorical_keys]
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable copy."""
+        """Return a JSON-serialisable copy."""
         return asdict(self)
 
     @classmethod
@@ -131,7 +131,11 @@ class DataSetup:
             if col.isna().any():
                 msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
                 raise ValueError(msg)
-            cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else pd.Index(col.unique()).sort_values()
+            cats = (
+                col.cat.categories
+                if isinstance(col.dtype, pd.CategoricalDtype)
+                else pd.Index(col.unique()).sort_values()
+            )
             used = pd.Index(cats)[pd.Index(cats).isin(col.unique())]
             categories[key] = [str(c) for c in used]
         mean, std = [], []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution
 
 from ..nn import MLP, Encoder
 from ._likelihoods import get_likelihood
+
+if TYPE_CHECKING:
+    from torch.distributions import Distribution
 
 
 @dataclass
@@ -59,7 +61,7 @@ class AutoencoderConfig:
         return sum(self.n_categories) + self.n_continuous
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable copy."""
+        """Return a JSON-serialisable copy."""
         return asdict(self)
 
 
@@ -107,9 +109,7 @@ class AutoencoderModule(nn.Module):
 
     def covariates(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """One-hot categorical covariates and continuous ones, concatenated (cells × n_covariates)."""
-        parts = [
-            F.one_hot(batch["cat"][:, i], n).to(batch["x"].dtype) for i, n in enumerate(self.config.n_categories)
-        ]
+        parts = [F.one_hot(batch["cat"][:, i], n).to(batch["x"].dtype) for i, n in enumerate(self.config.n_categories)]
         if self.config.n_continuous:
             parts.append(batch["cont"])
         return torch.cat(parts, dim=-1) if parts else None
@@ -120,7 +120,7 @@ class AutoencoderModule(nn.Module):
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
 
     def decode(self, z: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor) -> Distribution:
-        """The distribution of the observations given latent ``z``."""
+        """Return the distribution of the observations given latent ``z``."""
         return self.likelihood(self.decoder(z, cov), library)
 
     def normalized_mean(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:

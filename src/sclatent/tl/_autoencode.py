@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING
 
 import anndata
 import lightning
-import numpy as np
 import scanpy as sc
 import scvi
 import torch
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def _versions() -> dict[str, str]:
-    return {
+    versions = {
         "sclatent": __version__,
         "torch": torch.__version__,
         "scanpy": sc.__version__,
@@ -30,6 +29,7 @@ def _versions() -> dict[str, str]:
         "scvi-tools": scvi.__version__,
         "lightning": lightning.__version__,
     }
+    return {k: str(v) for k, v in versions.items()}  # plain strings, so that h5ad can store them
 
 
 def _warn_overwrite(adata: AnnData, key_added: str) -> None:
@@ -189,7 +189,9 @@ def autoencode(
         variational=variational,
         random_state=random_state,
     )
-    if transform_batch is not None and (batch_key is None or str(transform_batch) not in model.setup.categories[batch_key]):
+    if transform_batch is not None and (
+        batch_key is None or str(transform_batch) not in model.setup.categories[batch_key]
+    ):
         msg = f"transform_batch={transform_batch!r} must be a category of batch_key={batch_key!r}."
         raise ValueError(msg)
     logg.debug(f"    {adata.n_obs} cells × {adata.n_vars} genes, {model!r}")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import lightning as L
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 class BestWeights(Callback):
@@ -22,7 +25,7 @@ class BestWeights(Callback):
         self.best_epoch: int | None = None
         self._state: dict | None = None
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         score = trainer.callback_metrics.get(self.monitor)
@@ -37,10 +40,10 @@ class BestWeights(Callback):
         if self._state is not None:
             pl_module.load_state_dict(self._state)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore(pl_module)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:  # noqa: D102
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.restore(pl_module)
 
 
@@ -52,23 +55,23 @@ class EpochProgressBar(ProgressBar):
         self._enabled = True
         self._bar: tqdm | None = None
 
-    def disable(self) -> None:  # noqa: D102
+    def disable(self) -> None:
         self._enabled = False
 
-    def enable(self) -> None:  # noqa: D102
+    def enable(self) -> None:
         self._enabled = True
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._bar = tqdm(total=trainer.max_epochs, desc="Training", unit="epoch", disable=not self._enabled)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is None:
             return
         self._bar.update(1)
         metrics = {k: f"{float(v):.4g}" for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
         self._bar.set_postfix(metrics, refresh=False)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -71,6 +71,6 @@ class BatchIndexSampler(Sampler):
 
 
 def make_loader(data: CellData, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches."""
+    """Return a :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches."""
     sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(data, sampler=sampler, batch_size=None)

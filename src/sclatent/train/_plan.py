@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning as L
 import torch
 
-from ..module import AutoencoderModule
+if TYPE_CHECKING:
+    from ..module import AutoencoderModule
 
 
 class TrainingPlan(L.LightningModule):
@@ -55,16 +58,16 @@ class TrainingPlan(L.LightningModule):
         self._sums[split] = [0.0, 0]
         return float(total) / max(n, 1)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.module(batch, kl_weight=self.kl_weight)
         self._accumulate("train", out, batch["x"].shape[0])
         return out.loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.module(batch, kl_weight=1.0)
         self._accumulate("validation", out, batch["x"].shape[0])
 
-    def on_validation_epoch_end(self) -> None:  # noqa: D102
+    def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self._epoch_mean("validation")
             return
@@ -72,12 +75,12 @@ class TrainingPlan(L.LightningModule):
         self.history["validation_loss"].append(value)
         self.log("validation_loss", value, prog_bar=True)
 
-    def on_train_epoch_end(self) -> None:  # noqa: D102
+    def on_train_epoch_end(self) -> None:
         value = self._epoch_mean("train")
         self.history["train_loss"].append(value)
         self.log("train_loss", value, prog_bar=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         # the fused kernel updates all parameters in one pass (CPU and CUDA)
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.Adam(

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+from sklearn.neighbors import NearestNeighbors
+
+import sclatent as sl
+
+DATA = Path(__file__).parent / "data"
+
+
+def hvg_counts(adata: ad.AnnData, n_top_genes: int = 2000, batch_key: str | None = None) -> ad.AnnData:
+    """Raw counts of the highly variable genes (chosen on a log-normalised copy)."""
+    norm = adata.copy()
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    sc.pp.highly_variable_genes(norm, n_top_genes=n_top_genes, flavor="seurat", batch_key=batch_key)
+    return adata[:, norm.var["highly_variable"].to_numpy()].copy()
+
+
+def other_batch_fraction(emb: np.ndarray, batch, k: int = 15) -> float:
+    """Mean fraction of a cell's k nearest neighbours from another batch, relative to random mixing."""
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb, return_distance=False)[:, 1:]
+    b = np.asarray(batch)
+    observed = (b[idx] != b[:, None]).mean(1).mean()
+    counts = {v: (b == v).sum() for v in np.unique(b)}
+    expected = np.mean([(len(b) - counts[v]) / (len(b) - 1) for v in b])
+    return float(observed / expected)
+
+
+@pytest.fixture(scope="session")
+def pbmc_hvg() -> ad.AnnData:
+    """PBMC 3k annotated cells, raw counts of 2,000 highly variable genes."""
+    adata = sl.datasets.pbmc3k()
+    adata = adata[adata.obs["cell_type"].notna()].copy()
+    return hvg_counts(adata)
+
+
+@pytest.fixture
+def pbmc_small(pbmc_hvg) -> ad.AnnData:
+    """600 PBMC cells × 500 genes, a fresh copy per test, for fast checks."""
+    rng = np.random.default_rng(0)
+    cells = np.sort(rng.choice(pbmc_hvg.n_obs, 600, replace=False))
+    adata = pbmc_hvg[cells, :500].copy()
+    adata.obs["donor_batch"] = np.where(np.arange(adata.n_obs) % 2 == 0, "a", "b")
+    adata.obs["pct_mito"] = rng.uniform(0, 5, adata.n_obs)
+    adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
+@pytest.fixture(scope="session")
+def cellbench_3cl() -> ad.AnnData:
+    """CellBench 3 cell lines × 2 technologies, singlets, raw counts of 2,000 HVGs."""
+    adata = ad.read_h5ad(DATA / "cellbench_3cl_technologies.h5ad")
+    adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
+    return hvg_counts(adata, batch_key="batch")

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sclatent as sl
+
+
+@pytest.fixture
+def trained(pbmc_small):
+    model = sl.models.Autoencoder(pbmc_small, batch_key="donor_batch", continuous_covariate_keys=["pct_mito"])
+    model.fit(max_epochs=4, progress_bar=False)
+    return model, pbmc_small
+
+
+def test_save_load_gives_identical_latent(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "model")
+    # a config file plus tensors that load with weights_only=True
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert meta["config"]["n_genes"] == adata.n_vars
+    assert meta["setup"]["categories"]["donor_batch"] == ["a", "b"]
+    state = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+    loaded = sl.models.Autoencoder.load(tmp_path / "model", adata)
+    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+    np.testing.assert_array_equal(loaded.get_latent(adata), model.get_latent())
+    np.testing.assert_array_equal(loaded.get_denoised(), model.get_denoised())
+    assert loaded.history.equals(model.history)
+    np.testing.assert_array_equal(loaded.validation_indices, model.validation_indices)
+
+
+def test_save_refuses_to_overwrite(trained, tmp_path):
+    model, _ = trained
+    model.save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    model.save(tmp_path / "m", overwrite=True)
+
+
+def test_load_errors(trained, tmp_path):
+    model, _ = trained
+    with pytest.raises(FileNotFoundError, match=r"Autoencoder\.save"):
+        sl.models.Autoencoder.load(tmp_path / "nothing")
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        sl.models.Autoencoder.load(tmp_path / "m")
+    model.save(tmp_path / "m2")
+    meta = json.loads((tmp_path / "m2" / "config.json").read_text())
+    meta["format"] = 99
+    (tmp_path / "m2" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format 99"):
+        sl.models.Autoencoder.load(tmp_path / "m2")
+
+
+def test_new_data_genes_matched_by_name(trained):
+    model, adata = trained
+    shuffled = adata[:, np.random.default_rng(1).permutation(adata.n_vars)].copy()
+    np.testing.assert_allclose(model.get_latent(shuffled), model.get_latent(adata), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.get_denoised(shuffled), model.get_denoised(adata), rtol=1e-4, atol=1e-5
+    )  # denoised comes back in the model's gene order
+
+
+def test_new_data_missing_genes(trained):
+    model, adata = trained
+    with pytest.raises(ValueError, match=r"3 of the model's 500 genes are missing"):
+        model.get_latent(adata[:, 3:].copy())
+
+
+def test_new_data_unseen_batch(trained):
+    model, adata = trained
+    new = adata[:50].copy()
+    new.obs["donor_batch"] = ["c"] * 25 + ["d"] * 25
+    with pytest.raises(ValueError, match=r"not trained on: \['c', 'd'\]"):
+        model.get_latent(new)
+
+
+def test_loaded_model_without_data_asks_for_it(trained, tmp_path):
+    model, _ = trained
+    model.save(tmp_path / "m")
+    loaded = sl.models.Autoencoder.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="pass `adata`"):
+        loaded.get_latent()
+
+
+def test_dropout_probability(pbmc_small):
+    model = sl.models.Autoencoder(pbmc_small)
+    model.fit(max_epochs=2, progress_bar=False)
+    p = model.get_dropout_probability()
+    assert p.shape == pbmc_small.shape
+    assert ((p >= 0) & (p <= 1)).all()
+    nb = sl.models.Autoencoder(pbmc_small, likelihood="nb")
+    with pytest.raises(ValueError, match="likelihood='zinb'"):
+        nb.get_dropout_probability()
+
+
+def test_early_stopping_restores_best_weights(pbmc_small):
+    model = sl.models.Autoencoder(pbmc_small)
+    model.fit(max_epochs=60, early_stopping_patience=3, kl_warmup_epochs=2, learning_rate=1e-2, progress_bar=False)
+    info = model.training_info
+    assert info["stopped_early"]
+    assert info["n_epochs"] < 60
+    best = info["best_epoch"]
+    assert model.history["validation_loss"].idxmin() == best
+    # the weights in the model are those of the best epoch
+    held_out = -model.elbo(indices=model.validation_indices).mean()
+    assert held_out == pytest.approx(model.history["validation_loss"].min(), rel=1e-4)
+
+
+def test_callbacks_hook(pbmc_small):
+    from lightning.pytorch.callbacks import Callback
+
+    class CountEpochs(Callback):
+        n = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.n += 1
+
+    counter = CountEpochs()
+    sl.models.Autoencoder(pbmc_small).fit(max_epochs=3, early_stopping=False, progress_bar=False, callbacks=[counter])
+    assert counter.n == 3
