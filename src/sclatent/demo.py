@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         f"  wrote              {r['h5ad']}",
         f"                     {r['png']}",
     ]
-    print("\n".join(lines))  # noqa: T201 - the demo's report
+    print("\n".join(lines))
     if not np.isfinite(r["nmi"]):
         raise SystemExit(1)
 
