@@ -1,13 +1,9 @@
 from __future__ import annotations
 
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-import anndata
-import lightning
-import scanpy as sc
-import scvi
-import torch
 from scanpy import logging as logg
 
 from .. import __version__
@@ -21,15 +17,13 @@ if TYPE_CHECKING:
 
 
 def _versions() -> dict[str, str]:
-    versions = {
-        "sclatent": __version__,
-        "torch": torch.__version__,
-        "scanpy": sc.__version__,
-        "anndata": anndata.__version__,
-        "scvi-tools": scvi.__version__,
-        "lightning": lightning.__version__,
-    }
-    return {k: str(v) for k, v in versions.items()}  # plain strings, so that h5ad can store them
+    versions = {"sclatent": __version__}
+    for dist in ("torch", "scanpy", "anndata", "scvi-tools", "lightning"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:  # e.g. pytorch-lightning installed instead of lightning
+            versions[dist] = "not installed"
+    return versions
 
 
 def _warn_overwrite(adata: AnnData, key_added: str) -> None:
