@@ -58,3 +58,23 @@ def cellbench_3cl() -> ad.AnnData:
     adata = ad.read_h5ad(DATA / "cellbench_3cl_technologies.h5ad")
     adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
     return hvg_counts(adata, batch_key="batch")
+
+
+@pytest.fixture(scope="session")
+def cellbench_5cl() -> ad.AnnData:
+    """CellBench 5 cell lines on 3 CEL-seq2 plates, singlets, raw counts of 2,000 HVGs."""
+    adata = ad.read_h5ad(DATA / "cellbench_5cl_plates_singlets.h5ad")
+    return hvg_counts(adata, batch_key="batch")
+
+
+#: How the paul15 model is trained for the trajectory tests (also what the tutorial does).
+PAUL15_TRAINING = {"n_top_genes": 1000, "n_latent": 10}
+
+
+@pytest.fixture(scope="session")
+def paul15_trained():
+    """paul15 (bundled) with the sclatent latent and denoised layer, and the model."""
+    adata = sl.datasets.paul15()
+    adata = hvg_counts(adata, n_top_genes=PAUL15_TRAINING["n_top_genes"])
+    model = sl.tl.autoencode(adata, n_latent=PAUL15_TRAINING["n_latent"], progress_bar=False, return_model=True)
+    return adata, model

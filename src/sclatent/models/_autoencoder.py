@@ -434,6 +434,45 @@ class Autoencoder:
 
         return self._map(data, fn, batch_size).astype(np.float32, copy=False)
 
+    @torch.inference_mode()
+    def decode(
+        self, z: np.ndarray, *, batch: str | None = None, library_size: float = 1e4, batch_size: int = 4096
+    ) -> np.ndarray:
+        """Decode latent points into expression (as :meth:`get_denoised`), points × genes.
+
+        Covariates are set to one condition for all points: ``batch`` (default: the first batch
+        category), the first category of every other categorical covariate, and the training
+        mean of every continuous covariate.
+        """
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.config.n_latent:
+            msg = f"z must be points × {self.config.n_latent}, got shape {z.shape}."
+            raise ValueError(msg)
+        cat = np.zeros((len(z), len(self.setup.categorical_keys)), dtype=np.int64)
+        if batch is not None:
+            if self.setup.batch_key is None:
+                msg = "`batch` needs a model trained with batch_key."
+                raise ValueError(msg)
+            cats = self.setup.categories[self.setup.batch_key]
+            if str(batch) not in cats:
+                msg = f"batch={batch!r} is not a category of {self.setup.batch_key!r}: {cats}."
+                raise ValueError(msg)
+            cat[:, 0] = cats.index(str(batch))
+        cont = np.zeros((len(z), len(self.setup.continuous_covariate_keys)), dtype=np.float32)
+        factor = library_size if self.module.likelihood.counts else 1.0
+        self.module.eval()
+        device = next(self.module.parameters()).device
+        out = []
+        for s in range(0, len(z), batch_size):
+            b = {
+                "x": torch.from_numpy(z[s : s + batch_size]).to(device),
+                "cat": torch.from_numpy(cat[s : s + batch_size]).to(device),
+                "cont": torch.from_numpy(cont[s : s + batch_size]).to(device),
+            }
+            zt = b["x"]
+            out.append((self.module.normalized_mean(zt, self.module.covariates(b)) * factor).cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Save to directory ``path``: ``config.json`` (configuration, genes, categories, history) and ``model.pt`` (tensors).

@@ -1,3 +1,7 @@
-"""Plotting (scanpy's :mod:`scanpy.pl` works on everything sclatent writes)."""
+"""Plotting. scanpy's :mod:`scanpy.pl` also works on everything sclatent writes."""
 
-__all__: list[str] = []
+from ._gene_trends import gene_trends
+from ._history import history
+from ._latent_path import latent_path
+
+__all__ = ["gene_trends", "history", "latent_path"]
