@@ -49,6 +49,7 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):

@@ -6,7 +6,9 @@ import pandas as pd
 from scipy.sparse.csgraph import dijkstra
 
 from ..models import Autoencoder
+from ._docs import fill_doc
 from ._neighbors import ensure_neighbors
+from ._pseudotime import _resolve_cell
 
 
 def _endpoint(adata: ad.AnnData, latent: np.ndarray, spec, groupby: str | None) -> int:
@@ -19,15 +21,10 @@ def _endpoint(adata: ad.AnnData, latent: np.ndarray, spec, groupby: str | None) 
             raise ValueError(msg)
         centroid = latent[members].mean(0)
         return int(members[np.argmin(((latent[members] - centroid) ** 2).sum(1))])
-    if isinstance(spec, str):
-        pos = adata.obs_names.get_indexer([spec])[0]
-        if pos < 0:
-            msg = f"cell {spec!r} is not in adata.obs_names (pass `groupby=` to name groups)."
-            raise KeyError(msg)
-        return int(pos)
-    return int(spec)
+    return _resolve_cell(adata, spec)
 
 
+@fill_doc
 def latent_path(
     data: ad.AnnData | Autoencoder,
     *,
@@ -62,12 +59,7 @@ def latent_path(
         Column of ``obs`` for ``start`` and ``end`` given as groups.
     n_steps
         Points along the path.
-    use_rep
-        The latent space.
-    n_neighbors
-        Neighbours of the kNN graph (built if not there yet).
-    neighbors_key
-        Where the graph lives; defaults to ``"<rep>_neighbors"``.
+    {doc_graph}
     transform_batch
         Decode as if in this batch; by default the first batch category.
     library_size

@@ -11,6 +11,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from scanpy import logging as logg
 
+from ._docs import fill_doc
 from ._neighbors import ensure_neighbors
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def _resolve_cell(adata: AnnData, cell: int | str) -> int:
     if isinstance(cell, str):
         pos = adata.obs_names.get_indexer([cell])[0]
         if pos < 0:
-            msg = f"cell {cell!r} is not in adata.obs_names."
+            msg = f"cell {cell!r} is not in adata.obs_names (pass `groupby=` to name groups)."
             raise KeyError(msg)
         return int(pos)
     cell = int(cell)
@@ -49,6 +50,7 @@ def _resolve_cell(adata: AnnData, cell: int | str) -> int:
     return cell
 
 
+@fill_doc
 def root_cell(
     adata: AnnData,
     *,
@@ -84,12 +86,7 @@ def root_cell(
         A marker gene of the start state.
     layer
         Layer to read ``gene`` from; ``None`` for ``X``. Falls back to ``X`` when the layer is absent.
-    use_rep
-        The latent space.
-    n_neighbors
-        Neighbours of the kNN graph (built if not there yet).
-    neighbors_key
-        Where the graph lives; defaults to ``"<rep>_neighbors"``.
+    {doc_graph}
     random_state
         Seed of the graph and diffusion map.
 
@@ -136,6 +133,7 @@ def root_cell(
     return iroot
 
 
+@fill_doc
 def pseudotime(
     adata: AnnData,
     *,
@@ -160,12 +158,7 @@ def pseudotime(
         Annotated data matrix with the latent in ``obsm[use_rep]``.
     root
         Root cell (index or name); defaults to ``adata.uns['iroot']`` (see :func:`root_cell`).
-    use_rep
-        The latent space.
-    n_neighbors
-        Neighbours of the kNN graph (built if not there yet).
-    neighbors_key
-        Where the graph lives; defaults to ``"<rep>_neighbors"``.
+    {doc_graph}
     n_dcs
         Diffusion components used by DPT.
     n_branchings
@@ -226,6 +219,7 @@ def pseudotime(
     return adata if copy else None
 
 
+@fill_doc
 def paga(
     adata: AnnData,
     *,
@@ -244,12 +238,7 @@ def paga(
         Annotated data matrix with the latent in ``obsm[use_rep]``.
     groups
         Categorical column of ``obs``, e.g. the clusters of :func:`sclatent.tl.leiden`.
-    use_rep
-        The latent space.
-    n_neighbors
-        Neighbours of the kNN graph (built if not there yet).
-    neighbors_key
-        Where the graph lives; defaults to ``"<rep>_neighbors"``.
+    {doc_graph}
     random_state
         Seed of the graph.
     copy

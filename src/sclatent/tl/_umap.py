@@ -4,12 +4,14 @@ from typing import TYPE_CHECKING
 
 import scanpy as sc
 
+from ._docs import fill_doc
 from ._neighbors import ensure_neighbors
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@fill_doc
 def umap(
     adata: AnnData,
     *,
@@ -27,12 +29,7 @@ def umap(
     ----------
     adata
         Annotated data matrix with the latent in ``obsm[use_rep]``.
-    use_rep
-        The latent space.
-    n_neighbors
-        Neighbours in the kNN graph (built with :func:`scanpy.pp.neighbors` if not there yet).
-    neighbors_key
-        Where the graph lives; defaults to ``"<rep>_neighbors"``.
+    {doc_graph}
     key_added
         ``obsm`` key of the embedding; plot it with
         ``sc.pl.embedding(adata, basis="X_sclatent_umap")``.
