@@ -205,6 +205,8 @@ def main() -> None:
         ],
         f"| best NMI over resolutions | {best_ours:.3f} | {best_scvi:.3f} | |",
         "",
+        "Peak RSS is measured above the process's resident memory when each fit starts; memory freed by earlier runs in the same process is reused, so it understates the later run (scVI). Compare memory in separate processes.",
+        "",
     ]
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     header = [
