@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from contextlib import contextmanager
+from datetime import timedelta  # noqa: TC003 - in the signature users read
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +17,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 
 from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
-from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, make_loader
+from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, WarmEarlyStopping, make_loader
 from ._setup import DataSetup
 
 if TYPE_CHECKING:
@@ -54,6 +56,31 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextmanager
+def _graceful_interrupt(trainer: L.Trainer) -> Iterator[dict]:
+    """Turn Ctrl+C (or Jupyter's interrupt) during fit into a graceful stop.
+
+    Lightning's own handling of ``KeyboardInterrupt`` ends the process (``sys.exit``) and leaves
+    SIGINT ignored, which in a notebook would lose the results and the next Ctrl+C. Here the
+    first interrupt asks the trainer to stop after the current step; the previous handler is
+    restored afterwards.
+    """
+    state = {"interrupted": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        state["interrupted"] = True
+        trainer.should_stop = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Autoencoder:
@@ -153,6 +180,8 @@ class Autoencoder:
         self.training_info: dict = {}
         #: Positions (in the training AnnData) of the cells trained on and held out, set by :meth:`fit`.
         self.train_indices = self.validation_indices = np.array([], dtype=int)
+        #: Epochs trained so far, over all calls to :meth:`fit` (and before saving).
+        self.trained_epochs = 0
         self.is_trained = False
 
     def __repr__(self) -> str:
@@ -180,8 +209,17 @@ class Autoencoder:
         devices: int | str | list[int] = "auto",
         progress_bar: bool = True,
         callbacks: Sequence[Callback] = (),
+        max_time: str | timedelta | None = None,
+        checkpoint_dir: str | Path | None = None,
     ) -> Autoencoder:
-        """Train on the AnnData given at construction.
+        """Train on the AnnData given at construction (or continue training a trained or loaded model).
+
+        Training that goes wrong is handled: a loss that becomes NaN or infinite stops training at
+        once with a :class:`FloatingPointError` that says what to try (the model keeps its best
+        weights so far, and nothing is returned from the diverged state). An interrupt (Ctrl+C,
+        or "interrupt kernel" in Jupyter) or ``max_time`` stops training gracefully at the end
+        of the current step: the best weights so far are kept and
+        ``training_info["complete"]`` is ``False``.
 
         Parameters
         ----------
@@ -204,7 +242,8 @@ class Autoencoder:
             Adam's weight decay.
         kl_warmup_epochs
             Epochs over which the KL weight rises linearly from 0 to 1; by default a quarter of
-            ``max_epochs`` (at most 100). Ignored when ``variational=False``.
+            ``max_epochs`` (at most 100), or none when continuing from trained weights. Ignored
+            when ``variational=False``.
         accelerator
             Lightning's accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``, …
         devices
@@ -213,6 +252,11 @@ class Autoencoder:
             Show a progress bar over epochs with the train and validation loss.
         callbacks
             Extra Lightning callbacks, e.g. a :class:`~lightning.pytorch.callbacks.ModelCheckpoint`.
+        max_time
+            Stop after this long, e.g. ``"00:01:00:00"`` (DD:HH:MM:SS) or a :class:`~datetime.timedelta`.
+        checkpoint_dir
+            Save the model (as :meth:`save`) to this directory every time the validation loss
+            improves. Resume with ``Autoencoder.load(checkpoint_dir, adata).fit(...)``.
 
         Returns
         -------
@@ -235,7 +279,7 @@ class Autoencoder:
             msg = "early_stopping needs held-out cells; set validation_fraction > 0 or early_stopping=False."
             raise ValueError(msg)
         if kl_warmup_epochs is None:
-            kl_warmup_epochs = min(100, max_epochs // 4)
+            kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
         if not self.config.variational:
             kl_warmup_epochs = 0
 
@@ -258,17 +302,32 @@ class Autoencoder:
         plan = TrainingPlan(
             self.module, learning_rate=learning_rate, weight_decay=weight_decay, kl_warmup_epochs=kl_warmup_epochs
         )
-        best = BestWeights() if early_stopping else None
-        cbs: list[Callback] = [*([EpochProgressBar()] if progress_bar else []), *callbacks]
-        if early_stopping:
-            cbs += [best, EarlyStopping("validation_loss", patience=early_stopping_patience, mode="min")]
+        on_improve = None
+        if checkpoint_dir is not None:
+            checkpoint_dir = Path(checkpoint_dir)
 
+            def on_improve(epoch: int) -> None:
+                self.trained_epochs = previous_epochs + epoch + 1
+                self.save(checkpoint_dir, overwrite=True)
+
+        previous_epochs = self.trained_epochs
+        if checkpoint_dir is not None and validation_fraction == 0:
+            msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
+            raise ValueError(msg)
+        best = BestWeights(on_improve=on_improve) if early_stopping or checkpoint_dir is not None else None
+        cbs: list[Callback] = [*([EpochProgressBar()] if progress_bar else []), *callbacks]
+        stopper = WarmEarlyStopping(
+            "validation_loss", patience=early_stopping_patience, mode="min", start_epoch=kl_warmup_epochs
+        )
+        cbs += [best] if best is not None else []
+        cbs += [stopper] if early_stopping else []
+
+        self.module.train()  # a loaded model is in eval mode
         start = time.perf_counter()
         with _quiet_lightning(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             trainer = L.Trainer(
                 max_epochs=int(max_epochs),
-                min_epochs=int(kl_warmup_epochs) if early_stopping else None,
                 accelerator=accelerator,
                 devices=devices,
                 callbacks=cbs,
@@ -279,8 +338,23 @@ class Autoencoder:
                 num_sanity_val_steps=0,
                 limit_val_batches=1.0 if n_val else 0,
                 deterministic=False,
+                max_time=max_time,
             )
-            trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            try:
+                with _graceful_interrupt(trainer) as interrupt:
+                    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            except FloatingPointError as e:
+                self.module.to("cpu").eval()
+                kept = (
+                    f"the weights of its best epoch ({best.best_epoch})"
+                    if best and best.best_epoch is not None
+                    else "the last finite weights"
+                )
+                msg = (
+                    f"Training diverged: {e}. Try a lower learning_rate (e.g. {learning_rate / 10:g}), check the data "
+                    f"for extreme values or wrong units, or try likelihood='nb'. The model keeps {kept}."
+                )
+                raise FloatingPointError(msg) from None
         elapsed = time.perf_counter() - start
         self.module.to("cpu").eval()
 
@@ -290,12 +364,30 @@ class Autoencoder:
         self.history = pd.DataFrame(
             {"train_loss": hist["train_loss"], "validation_loss": val}, index=pd.RangeIndex(n_epochs, name="epoch")
         )
+        if interrupt["interrupted"]:
+            stop_reason = "interrupted"
+        elif early_stopping and stopper.stopped_epoch > 0:
+            stop_reason = "early_stopping"
+        elif n_epochs < max_epochs:
+            stop_reason = "max_time"
+        else:
+            stop_reason = "max_epochs"
+        if stop_reason in ("interrupted", "max_time"):
+            warnings.warn(
+                f"training stopped early ({stop_reason}) after {n_epochs} epochs; the results are from the best "
+                "weights so far and are marked incomplete.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.trained_epochs = previous_epochs + n_epochs
         self.training_info = {
             "n_epochs": n_epochs,
             "max_epochs": int(max_epochs),
             "best_epoch": int(best.best_epoch) if best is not None and best.best_epoch is not None else n_epochs - 1,
             "stopped_early": bool(n_epochs < max_epochs),
-            "interrupted": bool(trainer.interrupted),
+            "stop_reason": stop_reason,
+            "complete": stop_reason in ("early_stopping", "max_epochs"),
+            "trained_epochs_total": int(self.trained_epochs),
             "train_time_s": float(elapsed),
             "n_train_cells": len(train_idx),
             "n_validation_cells": int(n_val),
@@ -320,12 +412,13 @@ class Autoencoder:
         return CellData(*self.setup.read(adata))
 
     @torch.inference_mode()
-    def _map(self, data: CellData, fn, batch_size: int) -> np.ndarray:
+    def _map(self, data: CellData, fn, batch_size: int, indices: np.ndarray | None = None) -> np.ndarray:
         self.module.eval()
         device = next(self.module.parameters()).device
+        indices = np.arange(len(data)) if indices is None else np.asarray(indices)
         out = []
-        for start in range(0, len(data), batch_size):
-            batch = data[np.arange(start, min(start + batch_size, len(data)))]
+        for start in range(0, len(indices), batch_size):
+            batch = data[indices[start : start + batch_size]]
             batch = {k: v.to(device) for k, v in batch.items()}
             out.append(fn(batch).cpu().numpy())
         return np.concatenate(out, axis=0)
@@ -492,6 +585,7 @@ class Autoencoder:
             "setup": self.setup.to_dict(),
             "random_state": self.random_state,
             "is_trained": self.is_trained,
+            "trained_epochs": self.trained_epochs,
             "training_info": self.training_info,
             "train_indices": self.train_indices.tolist(),
             "validation_indices": self.validation_indices.tolist(),
@@ -530,6 +624,7 @@ class Autoencoder:
         self.module.load_state_dict(state)
         self.module.eval()
         self.is_trained = meta["is_trained"]
+        self.trained_epochs = int(meta.get("trained_epochs", 0))
         self.training_info = meta["training_info"]
         self.train_indices = np.asarray(meta.get("train_indices", []), dtype=int)
         self.validation_indices = np.asarray(meta.get("validation_indices", []), dtype=int)

@@ -31,12 +31,26 @@ def _matrix(adata: AnnData, layer: str | None):
 
 
 def _as_rows(X):
-    """CSR or dense ndarray, sliceable by rows without densifying the whole matrix."""
+    """Return a matrix that can be sliced by rows, a batch at a time, without densifying it all.
+
+    In-memory CSR and dense arrays are used as they are (CSC is converted to CSR). Backed CSR
+    and backed dense data (``backed="r"``) stay on disk and are read batch by batch.
+    """
     if sp.issparse(X):
         return X if X.format == "csr" else sp.csr_matrix(X)
-    if hasattr(X, "to_memory"):  # backed or lazy arrays
+    if getattr(X, "format", None) == "csr" and hasattr(X, "to_memory"):  # backed CSR
+        return X
+    if hasattr(X, "to_memory"):  # backed CSC and other lazy arrays
         X = X.to_memory()
+        return X if not sp.issparse(X) else sp.csr_matrix(X)
+    if type(X).__module__.startswith("h5py"):  # backed dense
+        return X
     return np.asarray(X)
+
+
+def _row_chunks(X):
+    for i in range(0, X.shape[0], _CHUNK):
+        yield X[i : i + _CHUNK]
 
 
 def _where(layer: str | None) -> str:
@@ -48,9 +62,9 @@ def check_values(X, *, layer: str | None, counts: bool) -> None:
 
     Sparse matrices are checked on their stored values, dense ones chunk by chunk.
     """
-    chunks = [X.data] if sp.issparse(X) else (X[i : i + _CHUNK] for i in range(0, X.shape[0], _CHUNK))
+    chunks = [X] if sp.issparse(X) else _row_chunks(X)
     for chunk in chunks:
-        chunk = np.asarray(chunk)
+        chunk = chunk.data if sp.issparse(chunk) else np.asarray(chunk)
         if not np.issubdtype(chunk.dtype, np.number) or np.issubdtype(chunk.dtype, np.complexfloating):
             msg = f"{_where(layer)} has dtype {chunk.dtype}; expected real numbers."
             raise TypeError(msg)
@@ -68,7 +82,9 @@ def check_values(X, *, layer: str | None, counts: bool) -> None:
 
 
 def _row_sums(X) -> np.ndarray:
-    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    if sp.issparse(X) or isinstance(X, np.ndarray):
+        return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    return np.concatenate([np.asarray(c.sum(axis=1), dtype=np.float64).ravel() for c in _row_chunks(X)])
 
 
 @dataclass

@@ -11,6 +11,8 @@ from ..models import Autoencoder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import timedelta
+    from pathlib import Path
 
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
@@ -66,6 +68,8 @@ def autoencode(
     denoise: bool = True,
     transform_batch: str | None = None,
     callbacks: Sequence[Callback] = (),
+    max_time: str | timedelta | None = None,
+    checkpoint_dir: str | Path | None = None,
     copy: bool = False,
     progress_bar: bool = True,
     return_model: bool = False,
@@ -132,6 +136,12 @@ def autoencode(
         Denoise as if every cell were in this batch.
     callbacks
         Extra Lightning callbacks.
+    max_time
+        Stop training after this long (``"DD:HH:MM:SS"`` or a :class:`~datetime.timedelta`);
+        the results are then from the best weights so far and marked incomplete.
+    checkpoint_dir
+        Save the best model so far to this directory during training (see
+        :meth:`sclatent.models.Autoencoder.fit`).
     copy
         Return a copy instead of writing to ``adata``.
     progress_bar
@@ -155,7 +165,9 @@ def autoencode(
     ``adata.uns['{key_added}']['history']`` : :class:`dict`
         ``train_loss`` and ``validation_loss`` per epoch (negative ELBO per cell).
     ``adata.uns['{key_added}']['training']`` : :class:`dict`
-        Epochs run, best epoch, whether it stopped early, time, cells used.
+        Epochs run, best epoch, why it stopped (``stop_reason``: ``"early_stopping"``,
+        ``"max_epochs"``, ``"interrupted"`` or ``"max_time"``), whether training was
+        ``complete``, time, cells used.
     ``adata.uns['{key_added}']['versions']`` : :class:`dict`
         Versions of sclatent, torch, scanpy, anndata, scvi-tools and lightning.
 
@@ -200,6 +212,8 @@ def autoencode(
         devices=devices,
         progress_bar=progress_bar,
         callbacks=callbacks,
+        max_time=max_time,
+        checkpoint_dir=checkpoint_dir,
     )
     latent = model.get_latent()
     denoised = model.get_denoised(transform_batch=transform_batch) if denoise else None

@@ -1,7 +1,15 @@
 """Training: the Lightning plan, the data path and callbacks."""
 
-from ._callbacks import BestWeights, EpochProgressBar
+from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
 from ._data import BatchIndexSampler, CellData, make_loader
 from ._plan import TrainingPlan
 
-__all__ = ["BatchIndexSampler", "BestWeights", "CellData", "EpochProgressBar", "TrainingPlan", "make_loader"]
+__all__ = [
+    "BatchIndexSampler",
+    "BestWeights",
+    "CellData",
+    "EpochProgressBar",
+    "TrainingPlan",
+    "WarmEarlyStopping",
+    "make_loader",
+]

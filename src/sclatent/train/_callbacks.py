@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
@@ -19,10 +19,11 @@ class BestWeights(Callback):
     weights back. :attr:`best_epoch` and :attr:`best_score` tell which.
     """
 
-    def __init__(self, monitor: str = "validation_loss") -> None:
+    def __init__(self, monitor: str = "validation_loss", on_improve=None) -> None:
         self.monitor = monitor
         self.best_score = math.inf
         self.best_epoch: int | None = None
+        self.on_improve = on_improve
         self._state: dict | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -34,6 +35,8 @@ class BestWeights(Callback):
         self.best_score = float(score)
         self.best_epoch = trainer.current_epoch
         self._state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        if self.on_improve is not None:
+            self.on_improve(trainer.current_epoch)
 
     def restore(self, pl_module: L.LightningModule) -> None:
         """Load the best weights seen so far into ``pl_module``."""
@@ -75,3 +78,23 @@ class EpochProgressBar(ProgressBar):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class WarmEarlyStopping(EarlyStopping):
+    """:class:`~lightning.pytorch.callbacks.EarlyStopping` that starts watching at ``start_epoch``.
+
+    Used so that early stopping does not fire during KL warm-up, without the trainer's
+    ``min_epochs``, which would also hold off a time limit or an interrupt.
+    """
+
+    def __init__(self, *args, start_epoch: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.start_epoch = start_epoch
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            super().on_train_epoch_end(trainer, pl_module)

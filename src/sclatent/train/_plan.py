@@ -60,6 +60,10 @@ class TrainingPlan(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.module(batch, kl_weight=self.kl_weight)
+        if not torch.isfinite(out.loss):
+            # stop before the optimiser step, so the weights stay finite
+            msg = f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
+            raise FloatingPointError(msg)
         self._accumulate("train", out, batch["x"].shape[0])
         return out.loss
 

@@ -1,0 +1,142 @@
+"""Training that goes wrong: divergence, interrupts, time limits, checkpoints, reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import sclatent as sl
+from tests.robustness_helpers import assert_unchanged, snapshot
+
+
+@pytest.fixture
+def small(pbmc_small):
+    return pbmc_small[:, :200].copy()
+
+
+class PoisonWeights(Callback):
+    """Sets a decoder weight to NaN at the start of an epoch, as a numerical blow-up would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                pl_module.module.likelihood.scale.weight[0, 0] = float("nan")
+
+
+def test_divergence_stops_at_once_with_advice(small):
+    before = snapshot(small)
+    with pytest.raises(FloatingPointError, match=r"diverged.*lower learning_rate.*best"):
+        sl.tl.autoencode(small, max_epochs=10, callbacks=[PoisonWeights(3)], progress_bar=False)
+    assert_unchanged(small, before)  # nothing written: never a NaN latent
+
+
+def test_divergence_keeps_best_weights_in_the_model(small):
+    model = sl.models.Autoencoder(small)
+    with pytest.raises(FloatingPointError):
+        model.fit(max_epochs=10, callbacks=[PoisonWeights(3)], progress_bar=False)
+    assert all(torch.isfinite(p).all() for p in model.module.parameters())
+    assert np.isfinite(model.get_latent()).all()
+
+
+class InterruptAt(Callback):
+    """Sends SIGINT to this process, as Ctrl+C or Jupyter's interrupt does."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupt_keeps_best_weights_and_marks_incomplete(small):
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.warns(UserWarning, match="interrupted"):
+        model = sl.tl.autoencode(
+            small, max_epochs=50, callbacks=[InterruptAt(4)], progress_bar=False, return_model=True
+        )
+    info = small.uns["sclatent"]["training"]
+    assert info["stop_reason"] == "interrupted"
+    assert not info["complete"]
+    assert info["n_epochs"] <= 6
+    # what was written is consistent with the weights the model holds (the best so far)
+    np.testing.assert_array_equal(small.obsm["X_sclatent"], model.get_latent())
+    assert model.history["validation_loss"].idxmin() == info["best_epoch"]
+    assert signal.getsignal(signal.SIGINT) is handler  # the user's Ctrl+C works again
+
+
+def test_time_limit_marks_incomplete(small):
+    with pytest.warns(UserWarning, match="max_time"):
+        sl.tl.autoencode(small, max_epochs=10_000, max_time="00:00:00:02", progress_bar=False, denoise=False)
+    info = small.uns["sclatent"]["training"]
+    assert info["stop_reason"] == "max_time"
+    assert not info["complete"]
+    assert 1 <= info["n_epochs"] < 10_000
+
+
+def test_complete_run_is_marked_complete(small):
+    sl.tl.autoencode(small, max_epochs=3, progress_bar=False, denoise=False)
+    assert small.uns["sclatent"]["training"]["complete"]
+    assert small.uns["sclatent"]["training"]["stop_reason"] == "max_epochs"
+
+
+def test_checkpoint_saves_best_and_training_resumes(small, tmp_path):
+    model = sl.models.Autoencoder(small)
+    model.fit(max_epochs=8, checkpoint_dir=tmp_path / "ckpt", progress_bar=False)
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["trained_epochs"] == model.training_info["best_epoch"] + 1
+    resumed = sl.models.Autoencoder.load(tmp_path / "ckpt", small)
+    # the checkpoint holds the best weights, which fit restored at the end
+    np.testing.assert_array_equal(resumed.get_latent(), model.get_latent())
+    first = resumed.elbo(indices=model.validation_indices).mean()
+    resumed.fit(max_epochs=5, early_stopping=False, progress_bar=False)
+    assert resumed.training_info["kl_warmup_epochs"] == 0  # no warm-up again when resuming
+    assert resumed.trained_epochs == saved["trained_epochs"] + 5
+    assert np.isfinite(resumed.get_latent()).all()
+    assert np.isfinite(first)
+
+
+def test_truncated_config_is_a_clear_error(small, tmp_path):
+    model = sl.models.Autoencoder(small)
+    model.save(tmp_path / "m")
+    text = (tmp_path / "m" / "config.json").read_text()
+    (tmp_path / "m" / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match="corrupted"):
+        sl.models.Autoencoder.load(tmp_path / "m")
+
+
+_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, sys, numpy as np, sclatent as sl
+    adata = sl.datasets.pbmc3k()[:400].copy()
+    adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() >= 20].copy()
+    sl.tl.autoencode(adata, max_epochs=3, random_state=7, progress_bar=False, denoise=False)
+    sys.stdout.write(hashlib.sha256(adata.obsm["X_sclatent"].tobytes()).hexdigest())
+    """
+)
+
+
+def test_same_seed_same_latent_across_processes():
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    runs = [
+        subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True, env=env).stdout
+        for _ in range(2)
+    ]
+    adata = sl.datasets.pbmc3k()[:400].copy()
+    adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() >= 20].copy()
+    sl.tl.autoencode(adata, max_epochs=3, random_state=7, progress_bar=False, denoise=False)
+    here = hashlib.sha256(adata.obsm["X_sclatent"].tobytes()).hexdigest()
+    assert runs[0] == runs[1] == here
