@@ -131,7 +131,7 @@ def test_same_seed_same_latent(pbmc_small):
     for adata, seed in ((a, 1), (b, 1), (c, 2)):
         sl.tl.autoencode(adata, max_epochs=3, random_state=seed, progress_bar=False, denoise=False)
     np.testing.assert_array_equal(a.obsm["X_sclatent"], b.obsm["X_sclatent"])
-    assert not np.allclose(a.obsm["X_sclatent"], c.obsm["X_sclatent"])
+    assert np.abs(a.obsm["X_sclatent"] - c.obsm["X_sclatent"]).max() > 0.05
 
 
 def test_deterministic_autoencoder_and_covariates(pbmc_small):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import signal
@@ -56,6 +57,19 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def _warm_up(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """One throw-away training step on a copy of the module, before the seeded run.
+
+    The first matrix products of a process can take other code paths in Intel MKL than later
+    ones (seen as last-bit differences that training amplifies), which made the first fit of a
+    process differ from later fits with the same seed. After this step, every fit takes the same
+    paths. The module, the random state and the user's data are left as they were.
+    """
+    with torch.random.fork_rng(devices=[]):
+        clone = copy.deepcopy(module)
+        clone(batch, kl_weight=1.0).loss.backward()
 
 
 @contextmanager
@@ -218,8 +232,8 @@ class Autoencoder:
         once with a :class:`FloatingPointError` that says what to try (the model keeps its best
         weights so far, and nothing is returned from the diverged state). An interrupt (Ctrl+C,
         or "interrupt kernel" in Jupyter) or ``max_time`` stops training gracefully at the end
-        of the current step: the best weights so far are kept and
-        ``training_info["complete"]`` is ``False``.
+        of the current step: the best weights so far are kept (with early stopping or a
+        ``checkpoint_dir``; otherwise the last ones) and ``training_info["complete"]`` is ``False``.
 
         Parameters
         ----------
@@ -262,6 +276,9 @@ class Autoencoder:
         -------
         The model itself, trained.
         """
+        if self._data is None:
+            msg = "this model holds no data to train on; load it with data: `Autoencoder.load(path, adata)`."
+            raise ValueError(msg)
         X, library, cat, cont = self._data
         n = X.shape[0]
         if max_epochs is None:
@@ -277,6 +294,9 @@ class Autoencoder:
             raise ValueError(msg)
         if early_stopping and validation_fraction == 0:
             msg = "early_stopping needs held-out cells; set validation_fraction > 0 or early_stopping=False."
+            raise ValueError(msg)
+        if checkpoint_dir is not None and validation_fraction == 0:
+            msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
             raise ValueError(msg)
         if kl_warmup_epochs is None:
             kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
@@ -311,10 +331,11 @@ class Autoencoder:
                 self.save(checkpoint_dir, overwrite=True)
 
         previous_epochs = self.trained_epochs
-        if checkpoint_dir is not None and validation_fraction == 0:
-            msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
-            raise ValueError(msg)
-        best = BestWeights(on_improve=on_improve) if early_stopping or checkpoint_dir is not None else None
+        best = (
+            BestWeights(on_improve=on_improve, restore=early_stopping)
+            if early_stopping or checkpoint_dir is not None
+            else None
+        )
         cbs: list[Callback] = [*([EpochProgressBar()] if progress_bar else []), *callbacks]
         stopper = WarmEarlyStopping(
             "validation_loss", patience=early_stopping_patience, mode="min", start_epoch=kl_warmup_epochs
@@ -323,6 +344,7 @@ class Autoencoder:
         cbs += [stopper] if early_stopping else []
 
         self.module.train()  # a loaded model is in eval mode
+        _warm_up(self.module, data[train_idx[: min(batch_size, len(train_idx))]])
         start = time.perf_counter()
         with _quiet_lightning(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)

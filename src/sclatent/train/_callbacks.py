@@ -17,10 +17,20 @@ class BestWeights(Callback):
 
     Training that ends early (early stopping, an interrupt, an error) also gets the best
     weights back. :attr:`best_epoch` and :attr:`best_score` tell which.
+
+    Parameters
+    ----------
+    monitor
+        The logged metric to minimise.
+    on_improve
+        Called with the epoch whenever the metric improves (e.g. to save a checkpoint).
+    restore
+        Restore the best weights at the end of a fit; on an error they are always restored.
     """
 
-    def __init__(self, monitor: str = "validation_loss", on_improve=None) -> None:
+    def __init__(self, monitor: str = "validation_loss", on_improve=None, restore: bool = True) -> None:
         self.monitor = monitor
+        self.restore_at_end = restore
         self.best_score = math.inf
         self.best_epoch: int | None = None
         self.on_improve = on_improve
@@ -44,7 +54,8 @@ class BestWeights(Callback):
             pl_module.load_state_dict(self._state)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.restore(pl_module)
+        if self.restore_at_end or trainer.should_stop:
+            self.restore(pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.restore(pl_module)
