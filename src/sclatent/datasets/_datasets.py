@@ -34,7 +34,7 @@ def pbmc3k() -> AnnData:
 
 
 def paul15() -> AnnData:
-    """Paul et al. (2015): 2,730 mouse myeloid progenitors (MARS-seq), raw counts.
+    """Paul15: 2,730 mouse myeloid progenitors (MARS-seq, 2015), raw counts.
 
     ``X`` holds raw integer counts (CSR, float32) for 3,451 genes.
     ``obs['paul15_clusters']`` has the 19 published clusters (erythroid, megakaryocyte,
