@@ -81,6 +81,30 @@ def check_values(X, *, layer: str | None, counts: bool) -> None:
             raise ValueError(msg)
 
 
+def _categorical(adata: AnnData, key: str) -> pd.Series:
+    """Return the column, checked for missing values."""
+    if key not in adata.obs:
+        msg = f"adata.obs has no column {key!r}, which the model was trained with."
+        raise KeyError(msg)
+    col = adata.obs[key]
+    if col.isna().any():
+        msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
+        raise ValueError(msg)
+    return col
+
+
+def _continuous(adata: AnnData, key: str) -> np.ndarray:
+    """Return the column as float64, checked to be finite numbers."""
+    if key not in adata.obs:
+        msg = f"adata.obs has no column {key!r}, which the model was trained with."
+        raise KeyError(msg)
+    values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
+        raise ValueError(msg)
+    return values
+
+
 def _row_sums(X) -> np.ndarray:
     if sp.issparse(X) or isinstance(X, np.ndarray):
         return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
@@ -143,10 +167,7 @@ class DataSetup:
             raise ValueError(msg)
         categories = {}
         for key in ([batch_key] if batch_key else []) + cat_keys:
-            col = adata.obs[key]
-            if col.isna().any():
-                msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
-                raise ValueError(msg)
+            col = _categorical(adata, key)
             cats = (
                 col.cat.categories
                 if isinstance(col.dtype, pd.CategoricalDtype)
@@ -156,10 +177,7 @@ class DataSetup:
             categories[key] = [str(c) for c in used]
         mean, std = [], []
         for key in cont_keys:
-            values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
-            if not np.isfinite(values).all():
-                msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
-                raise ValueError(msg)
+            values = _continuous(adata, key)
             mean.append(float(values.mean()))
             std.append(float(values.std()) or 1.0)
         setup = cls(
@@ -211,14 +229,7 @@ class DataSetup:
             raise ValueError(msg)
         cat = np.zeros((adata.n_obs, len(self.categorical_keys)), dtype=np.int64)
         for j, key in enumerate(self.categorical_keys):
-            if key not in adata.obs:
-                msg = f"adata.obs has no column {key!r}, which the model was trained with."
-                raise KeyError(msg)
-            col = adata.obs[key]
-            if col.isna().any():
-                msg = f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop those cells first."
-                raise ValueError(msg)
-            values = col.astype(str).to_numpy()
+            values = _categorical(adata, key).astype(str).to_numpy()
             codes = pd.Categorical(values, categories=self.categories[key]).codes
             if (codes < 0).any():
                 unseen = sorted(set(values[codes < 0]))
@@ -227,12 +238,5 @@ class DataSetup:
             cat[:, j] = codes
         cont = np.zeros((adata.n_obs, len(self.continuous_covariate_keys)), dtype=np.float32)
         for j, key in enumerate(self.continuous_covariate_keys):
-            if key not in adata.obs:
-                msg = f"adata.obs has no column {key!r}, which the model was trained with."
-                raise KeyError(msg)
-            values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
-            if not np.isfinite(values).all():
-                msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
-                raise ValueError(msg)
-            cont[:, j] = (values - self.continuous_mean[j]) / self.continuous_std[j]
+            cont[:, j] = (_continuous(adata, key) - self.continuous_mean[j]) / self.continuous_std[j]
         return X, library, cat, cont
