@@ -525,6 +525,12 @@ class Autoencoder:
         batch_size
             Cells per forward pass.
         """
+        return self._latent_and_denoised(adata, transform_batch, library_size, batch_size)[1]
+
+    def _latent_and_denoised(
+        self, adata: AnnData | None, transform_batch: str | None, library_size: float, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Latent mean and denoised expression in one pass over the data (see :meth:`get_denoised`)."""
         data = self._inputs(adata)
         target = None
         if transform_batch is not None:
@@ -546,9 +552,11 @@ class Autoencoder:
                 cat = b["cat"].clone()
                 cat[:, 0] = target
                 cov = self.module.covariates({**b, "cat": cat})
-            return self.module.normalized_mean(z, cov) * factor
+            return torch.cat([z, self.module.normalized_mean(z, cov) * factor], dim=-1)
 
-        return self._map(data, fn, batch_size).astype(np.float32, copy=False)
+        both = self._map(data, fn, batch_size).astype(np.float32, copy=False)
+        k = self.config.n_latent
+        return np.ascontiguousarray(both[:, :k]), np.ascontiguousarray(both[:, k:])
 
     @torch.inference_mode()
     def decode(

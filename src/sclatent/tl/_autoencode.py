@@ -215,8 +215,10 @@ def autoencode(
         max_time=max_time,
         checkpoint_dir=checkpoint_dir,
     )
-    latent = model.get_latent()
-    denoised = model.get_denoised(transform_batch=transform_batch) if denoise else None
+    if denoise:  # one pass over the data for both
+        latent, denoised = model._latent_and_denoised(None, transform_batch, 1e4, 4096)
+    else:
+        latent, denoised = model.get_latent(), None
 
     adata = adata.copy() if copy else adata
     _warn_overwrite(adata, key_added)
