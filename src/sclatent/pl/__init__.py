@@ -1,7 +1,8 @@
 """Plotting. scanpy's :mod:`scanpy.pl` also works on everything sclatent writes."""
 
+from ._compare import compare_embeddings
 from ._gene_trends import gene_trends
 from ._history import history
 from ._latent_path import latent_path
 
-__all__ = ["gene_trends", "history", "latent_path"]
+__all__ = ["compare_embeddings", "gene_trends", "history", "latent_path"]

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ._utils import save_or_show
+from ._utils import fill_doc, save_or_show
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@fill_doc
 def gene_trends(
     adata: AnnData,
     genes: Sequence[str] | None = None,
@@ -36,14 +37,11 @@ def gene_trends(
         The ``key_added`` of :func:`sclatent.tl.gene_trends`.
     lineages
         Lineages to draw (default: all).
-    show
-        Show the figure; ``None`` follows ``sc.settings.autoshow``.
-    save
-        File to save the figure to.
+    {doc_show_save}
 
     Returns
     -------
-    A list of axes, one per lineage, unless the figure was shown.
+    One axes per lineage, unless the figure was shown.
     """
     if key not in adata.uns or "trends" not in adata.uns[key]:
         msg = f"adata.uns[{key!r}]['trends'] not found; run `sl.tl.gene_trends(adata, genes)` first."

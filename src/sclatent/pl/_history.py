@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ._utils import save_or_show
+from ._utils import fill_doc, save_or_show
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@fill_doc
 def history(
     adata: AnnData,
     key: str = "sclatent",
@@ -32,12 +33,7 @@ def history(
         Annotated data matrix after :func:`sclatent.tl.autoencode`.
     key
         The ``key_added`` of that call.
-    ax
-        Axes to draw into.
-    show
-        Show the figure; ``None`` follows ``sc.settings.autoshow``.
-    save
-        File to save the figure to.
+    {doc_ax_show_save}
 
     Returns
     -------

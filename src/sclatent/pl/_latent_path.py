@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ._utils import save_or_show
+from ._utils import fill_doc, save_or_show
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 
+@fill_doc
 def latent_path(
     path: AnnData,
     genes: Sequence[str] | None = None,
@@ -38,12 +39,7 @@ def latent_path(
         Number of genes when ``genes`` is not given.
     standard_scale
         Scale each gene to [0, 1] along the path.
-    ax
-        Axes to draw into.
-    show
-        Show the figure; ``None`` follows ``sc.settings.autoshow``.
-    save
-        File to save the figure to.
+    {doc_ax_show_save}
 
     Returns
     -------

@@ -7,7 +7,25 @@ import matplotlib.pyplot as plt
 import scanpy as sc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from matplotlib.figure import Figure
+
+_SHOW_SAVE = """show
+        Show the figure; ``None`` follows ``sc.settings.autoshow``.
+    save
+        File to save the figure to; the extension picks the format (default: scanpy's)."""
+_DOCS = {
+    "{doc_show_save}": _SHOW_SAVE,
+    "{doc_ax_show_save}": "ax\n        Axes to draw into (by default a new figure).\n    " + _SHOW_SAVE,
+}
+
+
+def fill_doc(func: Callable) -> Callable:
+    """Fill the shared parameter descriptions (``{doc_show_save}``, ``{doc_ax_show_save}``) in a docstring."""
+    for key, text in _DOCS.items():
+        func.__doc__ = func.__doc__.replace(key, text)
+    return func
 
 
 def save_or_show(fig: Figure, *, show: bool | None, save: str | Path | None):

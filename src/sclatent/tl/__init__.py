@@ -1,10 +1,21 @@
 """Tools: models trained on, and analyses run on, an AnnData."""
 
 from ._autoencode import autoencode
+from ._compare import compare_embeddings
 from ._gene_trends import gene_trends
 from ._latent_path import latent_path
 from ._leiden import leiden
 from ._pseudotime import paga, pseudotime, root_cell
 from ._umap import umap
 
-__all__ = ["autoencode", "gene_trends", "latent_path", "leiden", "paga", "pseudotime", "root_cell", "umap"]
+__all__ = [
+    "autoencode",
+    "compare_embeddings",
+    "gene_trends",
+    "latent_path",
+    "leiden",
+    "paga",
+    "pseudotime",
+    "root_cell",
+    "umap",
+]
