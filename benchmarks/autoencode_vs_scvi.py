@@ -4,7 +4,7 @@
    split and number of epochs: seconds per epoch, repeated with the order alternating.
 2. Each with its defaults: total fit time, peak memory, and Leiden NMI/ARI on each latent.
 
-Run:  python benchmarks/autoencode_vs_scvi.py --output docs/benchmarks.md
+Run:  python -m benchmarks.autoencode_vs_scvi (or all benchmarks: python -m benchmarks)
 """
 
 from __future__ import annotations
@@ -112,12 +112,23 @@ def fit_scvi_same(adata, epochs: int, validate: bool) -> float:
     return (time.perf_counter() - start) / epochs
 
 
-def main() -> None:
+def machine() -> str:
+    """The machine and versions line every benchmark page starts with."""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {gpu}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, scvi-tools {scvi.__version__}, "
+        f"sclatent {sl.__version__}, scanpy {sc.__version__}."
+    )
+
+
+def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write the tables to")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per same-architecture run")
     parser.add_argument("--repeats", type=int, default=3, help="same-architecture repeats (order alternates)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -208,23 +219,16 @@ def main() -> None:
         "Peak RSS is measured above the process's resident memory when each fit starts; memory freed by earlier runs in the same process is reused, so it understates the later run (scVI). Compare memory in separate processes.",
         "",
     ]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     header = [
-        "# Benchmarks: sclatent against scVI",
-        "",
-        "Made by `python benchmarks/autoencode_vs_scvi.py --output docs/benchmarks.md` (`make bench`). "
-        "Both tools run in the same process, one after the other, so machine noise largely cancels in the ratios.",
-        "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, no GPU; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, scvi-tools {scvi.__version__}, "
-        f"sclatent {sl.__version__}, scanpy {sc.__version__}. Data: PBMC 3k, {adata.n_obs} annotated cells, "
-        f"{adata.n_vars} highly variable genes (raw counts).",
+        "Both tools run in the same process, one after the other, so machine noise largely cancels in the ratios. "
+        f"Data: PBMC 3k, {adata.n_obs} annotated cells, {adata.n_vars} highly variable genes (raw counts).",
         "",
     ]
-    text = "\n".join(header + lines)
-    print(text)
+    lines = header + lines
+    print("\n".join(lines))
     if args.output:
-        args.output.write_text(text)
+        args.output.write_text("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

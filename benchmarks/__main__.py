@@ -1,0 +1,45 @@
+"""All benchmarks, one after the other, each page written to ``docs/benchmarks/``.
+
+Run:  python -m benchmarks  (``make bench``); ``--only quality scale`` runs some of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from benchmarks import autoencode_vs_scvi, quality, scale, trajectory
+
+PAGES = {
+    "speed": ("Speed against scVI on PBMC 3k", autoencode_vs_scvi.main),
+    "quality": ("Latent quality on every data set: sclatent, scVI, PCA, Harmony", quality.main),
+    "trajectory": ("Pseudotime on paul15: sclatent against scanpy's DPT", trajectory.main),
+    "scale": ("Cost against cells: 10k, 100k and 1M cells", scale.main),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(PAGES), default=list(PAGES))
+    parser.add_argument("--output-dir", type=Path, default=Path("docs/benchmarks"))
+    args = parser.parse_args()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.only:
+        title, run = PAGES[name]
+        path = args.output_dir / f"{name}.md"
+        start = time.perf_counter()
+        body = run(["--output", str(path)])
+        minutes = (time.perf_counter() - start) / 60
+        header = [
+            f"# {title}",
+            "",
+            f"Made by `python -m benchmarks --only {name}` (part of `make bench`) in {minutes:.0f} min. "
+            + autoencode_vs_scvi.machine(),
+            "",
+        ]
+        path.write_text("\n".join(header + body) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Latent-space quality on every bundled real data set: sclatent, scVI, PCA and Harmony, scored with scib-metrics.
+
+Each method runs with its defaults: ``sl.tl.autoencode`` and ``SCVI(...).train()`` (both given
+the batch and covariate columns), PCA (50 components of log-normalised highly variable genes,
+the scanpy recipe) and Harmony on that PCA (harmonypy) where there are batches. Every
+embedding is scored by :func:`sclatent.tl.compare_embeddings`.
+
+Run:  python -m benchmarks.quality --output docs/benchmarks/quality.md (or all benchmarks: python -m benchmarks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+import sclatent as sl
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+
+@dataclass
+class Dataset:
+    """A bundled data set and how each method is told about its batches and covariates."""
+
+    name: str
+    label_key: str
+    batch_key: str | None = None  # the batch the metrics score mixing of
+    model_batch: str | None = None  # given to the models as their batch
+    covariates: list[str] = field(default_factory=list)  # further categorical covariates
+
+
+def load(name: str) -> ad.AnnData:
+    """Raw counts of the 2,000 most variable genes (all genes when there are fewer), annotated cells only."""
+    if name == "PBMC 3k":
+        adata = sl.datasets.pbmc3k()
+        adata = adata[adata.obs["cell_type"].notna()].copy()
+    elif name == "paul15":
+        adata = sl.datasets.paul15()
+    elif name == "CellBench 3 lines × 2 technologies":
+        adata = ad.read_h5ad(DATA / "cellbench_3cl_technologies.h5ad")
+        adata = adata[adata.obs["demuxlet_cls"] == "SNG"].copy()
+    elif name == "CellBench 5 lines × 3 plates":
+        adata = ad.read_h5ad(DATA / "cellbench_5cl_plates_singlets.h5ad")
+    elif name == "Kang 2018 stimulated PBMCs":
+        adata = ad.read_h5ad(DATA / "kang2018_stim_subset.h5ad")
+    else:
+        raise ValueError(name)
+    if adata.n_vars > 2000:
+        norm = adata.copy()
+        sc.pp.normalize_total(norm, target_sum=1e4)
+        sc.pp.log1p(norm)
+        batch = "batch" if "batch" in adata.obs else None
+        sc.pp.highly_variable_genes(norm, n_top_genes=2000, flavor="seurat", batch_key=batch)
+        adata = adata[:, norm.var["highly_variable"].to_numpy()].copy()
+    return adata
+
+
+DATASETS = [
+    Dataset("PBMC 3k", "cell_type"),
+    Dataset("paul15", "paul15_clusters"),
+    Dataset("CellBench 3 lines × 2 technologies", "cell_line_demuxlet", "batch", "batch"),
+    Dataset("CellBench 5 lines × 3 plates", "cell_line_demuxlet", "batch", "batch"),
+    # donors are the batch; stimulation is a covariate the models are told about; mixing is scored over samples
+    Dataset("Kang 2018 stimulated PBMCs", "cluster_id", "sample_id", "patient_id", ["group_id"]),
+]
+
+
+def pca(adata: ad.AnnData) -> float:
+    """``obsm['X_pca']``: 50 components of log-normalised counts. Returns seconds."""
+    start = time.perf_counter()
+    norm = sc.AnnData(adata.X.copy())
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    sc.pp.pca(norm, n_comps=50, random_state=0)
+    adata.obsm["X_pca"] = norm.obsm["X_pca"]
+    return time.perf_counter() - start
+
+
+def harmony(adata: ad.AnnData, keys: list[str]) -> float:
+    """``obsm['X_harmony']``: Harmony on ``X_pca`` over the ``keys`` columns. Returns seconds."""
+    import harmonypy
+
+    start = time.perf_counter()
+    out = harmonypy.run_harmony(adata.obsm["X_pca"], adata.obs, keys, random_state=0, verbose=False)
+    z = np.asarray(out.Z_corr)
+    adata.obsm["X_harmony"] = z if z.shape[0] == adata.n_obs else z.T  # orientation differs between versions
+    return time.perf_counter() - start
+
+
+def sclatent(adata: ad.AnnData, ds: Dataset) -> float:
+    start = time.perf_counter()
+    sl.tl.autoencode(
+        adata,
+        batch_key=ds.model_batch,
+        categorical_covariate_keys=ds.covariates or None,
+        progress_bar=False,
+        denoise=False,
+    )
+    return time.perf_counter() - start
+
+
+def scvi_fit(adata: ad.AnnData, ds: Dataset) -> float:
+    import scvi
+
+    scvi.settings.seed = 0
+    a = adata.copy()
+    start = time.perf_counter()
+    scvi.model.SCVI.setup_anndata(a, batch_key=ds.model_batch, categorical_covariate_keys=ds.covariates or None)
+    model = scvi.model.SCVI(a)
+    model.train(enable_progress_bar=False)
+    adata.obsm["X_scVI"] = model.get_latent_representation()
+    return time.perf_counter() - start
+
+
+def run_dataset(ds: Dataset) -> pd.DataFrame:
+    adata = load(ds.name)
+    print(f"{ds.name}: {adata.n_obs} cells × {adata.n_vars} genes", flush=True)
+    times = {"X_pca": pca(adata), "X_sclatent": sclatent(adata, ds), "X_scVI": scvi_fit(adata, ds)}
+    if ds.batch_key is not None:
+        times["X_harmony"] = harmony(adata, [ds.model_batch, *ds.covariates])
+    print("    fit seconds:", {k: round(v, 1) for k, v in times.items()}, flush=True)
+    keys = [k for k in ("X_sclatent", "X_scVI", "X_harmony") if k in adata.obsm]
+    df = sl.tl.compare_embeddings(adata, keys, label_key=ds.label_key, batch_key=ds.batch_key, pca=True)
+    time_rows = pd.DataFrame(
+        {"embedding": list(times), "category": "time", "metric": "fit seconds", "value": list(times.values())}
+    )
+    out = pd.concat([df, time_rows], ignore_index=True)
+    out.insert(0, "dataset", ds.name)
+    out.attrs["shape"] = adata.shape
+    return out
+
+
+NAMES = {"X_sclatent": "sclatent", "X_scVI": "scVI", "X_pca": "PCA", "X_harmony": "Harmony"}
+METHODS = ["sclatent", "scVI", "PCA", "Harmony"]
+
+
+def report(results: pd.DataFrame, shapes: dict[str, tuple[int, int]], figure: str) -> list[str]:
+    results = results.assign(method=results["embedding"].map(NAMES))
+    lines = []
+    for ds in DATASETS:
+        r = results[results["dataset"] == ds.name]
+        if r.empty:
+            continue
+        table = r.pivot_table(index=["category", "metric"], columns="method", values="value", sort=False)
+        table = table[[m for m in METHODS if m in table.columns]]
+        n_obs, n_vars = shapes[ds.name]
+        how = f"batch for the metrics: `{ds.batch_key}`" if ds.batch_key else "no batches (bio conservation only)"
+        given = f"; models given batch `{ds.model_batch}`" if ds.model_batch else ""
+        given += f" and covariates {ds.covariates}" if ds.covariates else ""
+        lines += [
+            f"## {ds.name}",
+            "",
+            f"{n_obs:,} cells × {n_vars:,} genes, labels `{ds.label_key}`, {how}{given}.",
+            "",
+            "| category | metric | " + " | ".join(table.columns) + " |",
+            "|---|---|" + "---|" * len(table.columns),
+        ]
+        for (category, metric), row in table.iterrows():
+            fmt = "{:.1f}" if category == "time" else "{:.3f}"
+            best = row.idxmax() if category != "time" else row.idxmin()
+            cells = [f"**{fmt.format(v)}**" if m == best else fmt.format(v) for m, v in row.items()]
+            lines.append(f"| {category} | {metric} | " + " | ".join(cells) + " |")
+        lines.append("")
+    totals = results[results["metric"].isin(["total", "bio conservation"]) & (results["category"] == "aggregate")]
+    summary = totals.pivot_table(index=["dataset", "metric"], columns="method", values="value", sort=False)
+    summary = summary[[m for m in METHODS if m in summary.columns]]
+    lines += [
+        "## Summary",
+        "",
+        "| data set | score | " + " | ".join(summary.columns) + " | sclatent minus scVI |",
+        "|---|---|" + "---|" * (len(summary.columns) + 1),
+    ]
+    for (dataset, metric), row in summary.iterrows():
+        cells = ["" if np.isnan(v) else f"{v:.3f}" for v in row]
+        lines.append(f"| {dataset} | {metric} | " + " | ".join(cells) + f" | {row['sclatent'] - row['scVI']:+.3f} |")
+    lines += ["", f"![aggregate scores per data set and method]({figure})", ""]
+    return lines
+
+
+def plot(results: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    totals = results[(results["category"] == "aggregate") & (results["metric"] == "total")]
+    totals = totals.assign(method=totals["embedding"].map(NAMES))
+    table = totals.pivot_table(index="dataset", columns="method", values="value", sort=False)
+    table = table[[m for m in METHODS if m in table.columns]]
+    ax = table.plot.bar(figsize=(9, 4), width=0.8, rot=15)
+    ax.set_ylabel("aggregate score (0.6 bio + 0.4 batch;\nbio alone without batches)")
+    ax.set_ylim(0, 1)
+    ax.legend(frameon=False, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=None, help="markdown file; the plot goes next to it")
+    parser.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS])
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    for name in ("scvi", "lightning.pytorch", "harmonypy", "jax", "scib_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sc.settings.verbosity = 0
+    parts, shapes = [], {}
+    for ds in DATASETS:
+        if ds.name in args.datasets:
+            part = run_dataset(ds)
+            shapes[ds.name] = part.attrs["shape"]
+            parts.append(part)
+    results = pd.concat(parts, ignore_index=True)
+    figure = "quality.png"
+    lines = report(results, shapes, figure)
+    print("\n".join(lines))
+    if args.output:
+        plot(results, args.output.parent / figure)
+        results.to_csv(args.output.with_suffix(".csv"), index=False)
+        args.output.write_text("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""How training cost grows with the number of cells: sclatent and scVI at 10k, 100k and 1M cells × 2,000 genes.
+
+Cells are resampled from PBMC 3k (the 2,000 most variable genes): cells are drawn with
+replacement and each one's counts are redrawn from a Poisson around its own counts, so the
+data keep real genes, sparsity and library sizes. Each tool and size runs in its own
+process, so that peak memory (ru_maxrss) belongs to that run alone.
+
+Both use the same architecture and settings: ZINB, 1 hidden layer of 128, 10 latent
+dimensions, batch size 128, no validation split, no early stopping. At 100k cells sclatent
+also runs with its default batch size, 256 ("sclatent-batch256").
+
+Run:  python -m benchmarks.scale --output docs/benchmarks/scale.md (or all benchmarks: python -m benchmarks)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+SIZES = (10_000, 100_000, 1_000_000)
+EPOCHS = {2_000: 1, 10_000: 3, 100_000: 2, 1_000_000: 1}
+BATCH_SIZE = 128
+DEFAULT_BATCH_SIZE = 256  # sclatent's default, run as an extra at 100k cells
+ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "dropout_rate": 0.1}
+
+
+def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
+    """``n_cells`` × 2,000 genes of raw counts resampled from PBMC 3k, as a float32 CSR AnnData."""
+    import anndata as ad
+
+    from benchmarks.autoencode_vs_scvi import load_pbmc
+
+    base = load_pbmc()
+    X = sp.csr_matrix(base.X, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for start in range(0, n_cells, chunk):
+        rows = X[rng.integers(0, X.shape[0], min(chunk, n_cells - start))]
+        rows.data = rng.poisson(rows.data).astype(np.float32)
+        rows.eliminate_zeros()
+        parts.append(rows)
+    counts = sp.vstack(parts, format="csr")
+    counts.indices = counts.indices.astype(np.int32)
+    return ad.AnnData(X=counts, var=base.var[[]].copy())
+
+
+class EpochTimer:
+    """Wall time of each training epoch, as a Lightning callback (works for both tools)."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class _Timer(Callback):
+            def __init__(self):
+                self.times: list[float] = []
+
+            def on_train_epoch_start(self, trainer, pl_module):
+                self._start = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module):
+                self.times.append(time.perf_counter() - self._start)
+
+        return _Timer()
+
+
+def loading_only(model, n_cells: int) -> float:
+    """Seconds for one pass of sclatent's training data loader, with no model work."""
+    from sclatent.train import make_loader
+
+    data = model._inputs(None)
+    start = time.perf_counter()
+    for _ in make_loader(data, np.arange(n_cells), BATCH_SIZE, shuffle=True, seed=0):
+        pass
+    return time.perf_counter() - start
+
+
+def profile_steps(model, n_steps: int = 300) -> list[tuple[str, float]]:
+    """torch.profiler over ``n_steps`` training steps: the ops with the most self CPU time, in percent."""
+    import torch
+
+    from sclatent.train import TrainingPlan, make_loader
+
+    data = model._inputs(None)
+    loader = make_loader(data, np.arange(min(n_steps * BATCH_SIZE, len(data))), BATCH_SIZE, shuffle=True, seed=0)
+    plan = TrainingPlan(model.module, learning_rate=1e-3, weight_decay=1e-6, kl_warmup_epochs=0)
+    optimizer = plan.configure_optimizers()  # the optimiser training uses (fused Adam)
+    model.module.train()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in loader:
+            loss = model.module(batch, kl_weight=1.0).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    return [(e.key, 100 * e.self_cpu_time_total / total) for e in top]
+
+
+def worker(tool: str, n_cells: int, epochs: int, profile: bool) -> dict:
+    """Train ``tool`` on ``n_cells`` resampled cells; report times and this process's peak memory."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("scvi").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    start = time.perf_counter()
+    adata = resample(n_cells)
+    make_s = time.perf_counter() - start
+    data_mb = (adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes) / 2**20
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from benchmarks.autoencode_vs_scvi import PeakRSS
+
+    timer = EpochTimer()
+    start = time.perf_counter()
+    out = {"tool": tool, "n_cells": n_cells, "n_genes": adata.n_vars, "nnz": int(adata.X.nnz)}
+    if tool.startswith("sclatent"):
+        import sclatent as sl
+
+        model = sl.models.Autoencoder(adata, likelihood="zinb", **ARCH)
+        setup_s = time.perf_counter() - start
+        with PeakRSS() as mem:
+            model.fit(
+                max_epochs=epochs,
+                batch_size=DEFAULT_BATCH_SIZE if tool == "sclatent-batch256" else BATCH_SIZE,
+                learning_rate=1e-3,
+                validation_fraction=0.0,
+                early_stopping=False,
+                progress_bar=False,
+                callbacks=[timer],
+            )
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before profiling
+        if profile:
+            out["loading_only_s"] = loading_only(model, n_cells)
+            out["profile"] = profile_steps(model)
+    else:
+        import scvi
+
+        scvi.settings.seed = 0
+        scvi.model.SCVI.setup_anndata(adata)
+        model = scvi.model.SCVI(adata, gene_likelihood="zinb", **ARCH)
+        setup_s = time.perf_counter() - start
+        with PeakRSS() as mem:
+            model.train(
+                max_epochs=epochs,
+                batch_size=BATCH_SIZE,
+                train_size=1.0,
+                early_stopping=False,
+                check_val_every_n_epoch=None,
+                enable_progress_bar=False,
+                plan_kwargs={"lr": 1e-3},
+                callbacks=[timer],
+            )
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out | {
+        "epochs": epochs,
+        "epoch_s": timer.times,
+        "make_data_s": make_s,
+        "setup_s": setup_s,
+        "data_mb": data_mb,
+        "rss_after_data_mb": rss_data,
+        "train_start_mb": mem.base / 2**20,
+        "train_peak_mb": mem.peak / 2**20,
+    }
+
+
+def run(tool: str, n_cells: int, *, timeout: float, profile: bool = False) -> dict | None:
+    """One worker in its own process; ``None`` when it did not finish within ``timeout`` seconds."""
+    cmd = [sys.executable, "-m", "benchmarks.scale", "--worker", tool, str(n_cells), str(EPOCHS[n_cells])]
+    if profile:
+        cmd.append("--profile")
+    print("running", " ".join(cmd[2:]), flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        print(f"    {tool} at {n_cells} cells did not finish in {timeout:.0f} s", flush=True)
+        return None
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], flush=True)
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"    {tool}: {result['epoch_s']} s/epoch, training peak {result['train_peak_mb']:.0f} MB", flush=True)
+    return result
+
+
+def per_epoch(result: dict) -> float:
+    """Seconds per epoch: the median epoch, the first counted only when it is the only one."""
+    times = result["epoch_s"]
+    return float(np.median(times[1:] if len(times) > 1 else times))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Seconds per epoch and peak memory against cells, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for tool, marker in (("sclatent", "o"), ("scvi", "s")):  # the same settings at every size
+        rs = [r for r in results if r["tool"] == tool]
+        if not rs:
+            continue
+        n = [r["n_cells"] for r in rs]
+        axes[0].loglog(n, [per_epoch(r) for r in rs], marker=marker, label=tool)
+        axes[1].loglog(n, [r["train_peak_mb"] / 1024 for r in rs], marker=marker, label=tool)
+    n = np.array(SIZES, dtype=float)
+    ref = [r for r in results if r["tool"] == "sclatent" and r["n_cells"] == SIZES[0]]
+    if ref:
+        axes[0].loglog(n, per_epoch(ref[0]) * n / n[0], "k:", linewidth=1, label="linear in cells")
+    axes[0].set(xlabel="cells", ylabel="seconds per epoch")
+    axes[1].set(xlabel="cells", ylabel="peak RSS during training (GB)")
+    for ax in axes:
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def report(results: list[dict], missing: list[str], figure: str) -> list[str]:
+    """Markdown tables: cost per size, scVI / sclatent ratios, where time and memory go."""
+    by = {(r["tool"], r["n_cells"]): r for r in results}
+    lines = [
+        "| tool | cells | nnz | epochs timed | s/epoch | cells/s | peak RSS during training (GB) | count matrix (GB) | process peak, data preparation included (GB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = per_epoch(r)
+        lines.append(
+            f"| {r['tool']} | {r['n_cells']:,} | {r['nnz']:,} | {len(r['epoch_s'])} | {s:.2f} | {r['n_cells'] / s:,.0f} "
+            f"| {r['train_peak_mb'] / 1024:.2f} | {r['data_mb'] / 1024:.2f} | {r['peak_rss_mb'] / 1024:.2f} |"
+        )
+    lines += ["", *[f"- Did not finish: {m}" for m in missing], ""]
+    lines += ["| cells | scVI s/epoch ÷ sclatent s/epoch (= sclatent's cells/s ÷ scVI's) |", "|---|---|"]
+    for n in SIZES:
+        if ("sclatent", n) in by and ("scvi", n) in by:
+            lines.append(f"| {n:,} | {per_epoch(by['scvi', n]) / per_epoch(by['sclatent', n]):.2f}× |")
+        if ("sclatent-batch256", n) in by and ("scvi", n) in by:
+            ratio = per_epoch(by["scvi", n]) / per_epoch(by["sclatent-batch256", n])
+            lines.append(f"| {n:,}, sclatent at its default batch size 256 | {ratio:.2f}× |")
+    ours = [by["sclatent", n] for n in SIZES if ("sclatent", n) in by]
+    if len(ours) > 1:
+        slope = np.polyfit(np.log([r["n_cells"] for r in ours]), np.log([per_epoch(r) for r in ours]), 1)[0]
+        lines += ["", f"sclatent's time per epoch grows as cells^{slope:.2f} (1.00 is linear).", ""]
+    if ours:
+        lines += [
+            "## Where memory goes (sclatent)",
+            "",
+            "Resident memory sampled every 10 ms. When training starts, the process holds Python, torch, scanpy "
+            "and the count matrix (plus memory left over from making the data, which the allocator keeps); "
+            "training adds the model, the optimiser, the library sizes and one batch at a time.",
+            "",
+            "| cells | count matrix (GB) | RSS when training starts (GB) | added by training (GB) | peak during training (GB) |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {r['n_cells']:,} | {r['data_mb'] / 1024:.2f} | {r['train_start_mb'] / 1024:.2f} "
+                f"| {(r['train_peak_mb'] - r['train_start_mb']) / 1024:.2f} | {r['train_peak_mb'] / 1024:.2f} |"
+                for r in ours
+            ],
+            "",
+        ]
+    profiled = [r for r in results if "profile" in r]
+    if profiled:
+        r = profiled[0]
+        epoch = per_epoch(r)
+        lines += [
+            f"## Where time goes (sclatent, {r['n_cells']:,} cells)",
+            "",
+            f"One pass of the data loader alone (slicing CSR rows into dense batches of {BATCH_SIZE}, no model) takes "
+            f"{r['loading_only_s']:.2f} s against {epoch:.2f} s for a training epoch: loading is "
+            f"{100 * r['loading_only_s'] / epoch:.0f}% of an epoch.",
+            "",
+            "torch.profiler over 300 training steps (forward, backward, Adam; data loading included), ops by self CPU time:",
+            "",
+            "| op | % of CPU time |",
+            "|---|---|",
+            *[f"| `{name}` | {pct:.1f} |" for name, pct in r["profile"]],
+            "",
+        ]
+    lines += [f"![time and memory against cells]({figure})", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, metavar=("TOOL", "N_CELLS", "EPOCHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--scvi-timeout", type=float, default=1200, help="seconds allowed per scVI run")
+    parser.add_argument("--output", type=Path, default=None, help="markdown file; the plot goes next to it")
+    args = parser.parse_args(argv)
+    if args.worker:
+        tool, n_cells, epochs = args.worker
+        print(json.dumps(worker(tool, int(n_cells), int(epochs), args.profile)))
+        return []
+    results, missing = [], []
+    for n in args.sizes:
+        tools = ("sclatent", "scvi", "sclatent-batch256") if n == 100_000 else ("sclatent", "scvi")
+        for tool in tools:
+            r = run(
+                tool,
+                n,
+                timeout=args.scvi_timeout if tool == "scvi" else 3600,
+                profile=tool == "sclatent" and n == 100_000,
+            )
+            if r is None:
+                missing.append(f"{tool} at {n:,} cells")
+            else:
+                results.append(r)
+    figure = "scale.png"
+    lines = report(results, missing, figure)
+    print("\n".join(lines))
+    if args.output:
+        plot(results, args.output.parent / figure)
+        args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        args.output.write_text("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
