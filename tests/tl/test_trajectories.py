@@ -19,6 +19,13 @@ def _order_correlation(adata, key, order: dict[str, int]) -> float:
     return spearmanr(adata.obs[key].to_numpy()[mask], clusters[mask].map(order).to_numpy())[0]
 
 
+def _perfect_binary_spearman(adata, order: dict[str, int]) -> float:
+    """Spearman of an ordering that puts every cell of the earlier group first (ties stay tied in the order)."""
+    clusters = adata.obs["paul15_clusters"].astype(str)
+    y = np.sort(clusters[clusters.isin(list(order))].map(order).to_numpy())
+    return spearmanr(np.arange(len(y)), y)[0]
+
+
 @pytest.fixture(scope="module")
 def paul(paul15_trained):
     adata, model = paul15_trained
@@ -31,11 +38,14 @@ def test_pseudotime_follows_known_lineage_order(paul):
     adata, _ = paul
     erythroid = _order_correlation(adata, "sclatent_pseudotime", {c: i for i, c in enumerate(ERYTHROID)})
     myeloid = _order_correlation(adata, "sclatent_pseudotime", MYELOID)
-    # The aims are Spearman ≥ 0.85 (erythroid) and ≥ 0.75 (myeloid). Measured: erythroid 0.84 to
-    # 0.87 depending on how the genes are chosen, myeloid 0.68 to 0.73, on a par with scanpy's DPT
-    # on 30 PCs of the same data (0.84 and 0.73). These bounds guard what holds robustly.
-    assert erythroid >= 0.80, f"erythroid Spearman {erythroid:.3f} ({PAUL15_TRAINING})"
-    assert myeloid >= 0.68, f"myeloid Spearman {myeloid:.3f} ({PAUL15_TRAINING})"
+    # Measured (benchmarks/trajectory.py, seeds 0-2): erythroid 0.859-0.866, myeloid 0.655-0.716;
+    # scanpy's DPT on 30 PCs of all genes gives 0.787 and 0.698.
+    assert erythroid >= 0.85, f"erythroid Spearman {erythroid:.3f} ({PAUL15_TRAINING})"
+    # With two tied groups the myeloid Spearman cannot exceed that of a perfect ordering (0.729
+    # here), so it is held to 95% of that ceiling.
+    ceiling = _perfect_binary_spearman(adata, MYELOID)
+    assert ceiling < 0.75
+    assert myeloid >= 0.95 * ceiling, f"myeloid Spearman {myeloid:.3f}, ceiling {ceiling:.3f} ({PAUL15_TRAINING})"
     medians = adata.obs.groupby(adata.obs["paul15_clusters"].astype(str))["sclatent_pseudotime"].median()
     assert max(medians["9GMP"], medians["10GMP"]) < min(medians["14Mo"], medians["15Mo"], medians["16Neu"])
     assert adata.obs["sclatent_pseudotime"].iloc[840] == 0
