@@ -274,7 +274,7 @@ class Autoencoder:
 
         Returns
         -------
-        The model itself, trained.
+        The trained model itself.
         """
         if self._data is None:
             msg = "this model holds no data to train on; load it with data: `Autoencoder.load(path, adata)`."

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class AutoencoderConfig:
-    """Hyperparameters of :class:`AutoencoderModule`; saved with every model file.
+    """Hyperparameters of :class:`~sclatent.module.AutoencoderModule`; saved with every model file.
 
     Parameters
     ----------
@@ -66,7 +66,7 @@ class AutoencoderConfig:
 
 
 class LossOutput(NamedTuple):
-    """What :meth:`AutoencoderModule.forward` returns."""
+    """What :meth:`~sclatent.module.AutoencoderModule.forward` returns."""
 
     #: The objective to minimise: mean over cells of reconstruction + kl_weight × KL.
     loss: torch.Tensor

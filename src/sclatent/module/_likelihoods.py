@@ -155,7 +155,7 @@ def log_poisson(x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
 
 
 class NegativeBinomial(_ScviNB):
-    """:class:`scvi.distributions.NegativeBinomial` with the sparsity-aware :func:`log_nb`."""
+    """:class:`scvi.distributions.NegativeBinomial` with the sparsity-aware :func:`~sclatent.module.log_nb`."""
 
     def __init__(self, mu: torch.Tensor, theta: torch.Tensor) -> None:
         super().__init__(mu=mu, theta=theta, validate_args=False)
@@ -167,7 +167,7 @@ class NegativeBinomial(_ScviNB):
 
 
 class ZeroInflatedNegativeBinomial(_ScviZINB):
-    """:class:`scvi.distributions.ZeroInflatedNegativeBinomial` with the sparsity-aware :func:`log_zinb`."""
+    """:class:`scvi.distributions.ZeroInflatedNegativeBinomial` with the sparsity-aware :func:`~sclatent.module.log_zinb`."""
 
     def __init__(self, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor) -> None:
         super().__init__(mu=mu, theta=theta, zi_logits=zi_logits, validate_args=False)
@@ -179,7 +179,7 @@ class ZeroInflatedNegativeBinomial(_ScviZINB):
 
 
 class Poisson(_ScviPoisson):
-    """:class:`scvi.distributions.Poisson` with the sparsity-aware :func:`log_poisson`."""
+    """:class:`scvi.distributions.Poisson` with the sparsity-aware :func:`~sclatent.module.log_poisson`."""
 
     def __init__(self, rate: torch.Tensor) -> None:
         super().__init__(rate=rate, validate_args=False)
@@ -234,7 +234,7 @@ _LIKELIHOODS: dict[str, type[Likelihood]] = {}
 
 
 def register_likelihood(name: str):
-    """Register a :class:`Likelihood` subclass under ``name`` (a class decorator).
+    """Register a :class:`~sclatent.module.Likelihood` subclass under ``name`` (a class decorator).
 
     Examples
     --------

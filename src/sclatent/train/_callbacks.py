@@ -16,7 +16,7 @@ class BestWeights(Callback):
     """Keep a copy of the weights with the lowest validation loss and restore it when training ends.
 
     Training that ends early (early stopping, an interrupt, an error) also gets the best
-    weights back. :attr:`best_epoch` and :attr:`best_score` tell which.
+    weights back. ``best_epoch`` and ``best_score`` tell which.
 
     Parameters
     ----------

@@ -15,7 +15,7 @@ class TrainingPlan(L.LightningModule):
     """Optimise a module's loss with Adam, warming up the KL weight linearly.
 
     The per-epoch negative ELBO (reconstruction + KL at full weight, per cell) on the training
-    and validation cells is kept in :attr:`history` and logged as ``train_loss`` and
+    and validation cells is kept in ``history`` and logged as ``train_loss`` and
     ``validation_loss`` (the latter is what early stopping monitors).
 
     Parameters
