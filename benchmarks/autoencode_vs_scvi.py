@@ -25,6 +25,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import sclatent as sl
+from benchmarks._data import load_pbmc
 
 RESOLUTIONS = (0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -56,16 +57,6 @@ class PeakRSS:
     def _poll(self):
         while not self._stop.wait(0.01):
             self.peak = max(self.peak, self._rss())
-
-
-def load_pbmc() -> sc.AnnData:
-    adata = sl.datasets.pbmc3k()
-    adata = adata[adata.obs["cell_type"].notna()].copy()
-    norm = adata.copy()
-    sc.pp.normalize_total(norm, target_sum=1e4)
-    sc.pp.log1p(norm)
-    sc.pp.highly_variable_genes(norm, n_top_genes=2000, flavor="seurat")
-    return adata[:, norm.var["highly_variable"].to_numpy()].copy()
 
 
 def leiden_scores(adata: sc.AnnData, rep: str) -> dict[float, tuple[float, float]]:

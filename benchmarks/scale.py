@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from lightning.pytorch.callbacks import Callback
 
 SIZES = (10_000, 100_000, 1_000_000)
 EPOCHS = {2_000: 1, 10_000: 3, 100_000: 2, 1_000_000: 1}
@@ -36,7 +37,7 @@ def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
     """``n_cells`` × 2,000 genes of raw counts resampled from PBMC 3k, as a float32 CSR AnnData."""
     import anndata as ad
 
-    from benchmarks.autoencode_vs_scvi import load_pbmc
+    from benchmarks._data import load_pbmc
 
     base = load_pbmc()
     X = sp.csr_matrix(base.X, dtype=np.float32)
@@ -52,23 +53,17 @@ def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
     return ad.AnnData(X=counts, var=base.var[[]].copy())
 
 
-class EpochTimer:
+class EpochTimer(Callback):
     """Wall time of each training epoch, as a Lightning callback (works for both tools)."""
 
-    def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
+    def __init__(self):
+        self.times: list[float] = []
 
-        class _Timer(Callback):
-            def __init__(self):
-                self.times: list[float] = []
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
 
-            def on_train_epoch_start(self, trainer, pl_module):
-                self._start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module):
-                self.times.append(time.perf_counter() - self._start)
-
-        return _Timer()
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.times.append(time.perf_counter() - self._start)
 
 
 def loading_only(model, n_cells: int) -> float:

@@ -20,6 +20,7 @@ import scanpy as sc
 from scipy.stats import spearmanr
 
 import sclatent as sl
+from benchmarks._data import hvg_counts
 
 ERYTHROID = {c: i for i, c in enumerate(["7MEP", "6Ery", "5Ery", "4Ery", "3Ery", "2Ery", "1Ery"])}
 MYELOID = {"9GMP": 0, "10GMP": 0, "14Mo": 1, "15Mo": 1, "16Neu": 1}
@@ -56,11 +57,7 @@ def main(argv: list[str] | None = None) -> list[str]:
 
     full = sl.datasets.paul15()
     root = full.uns["iroot"]
-    norm = full.copy()
-    sc.pp.normalize_total(norm, target_sum=1e4)
-    sc.pp.log1p(norm)
-    sc.pp.highly_variable_genes(norm, n_top_genes=N_TOP_GENES, flavor="seurat")
-    adata = full[:, norm.var["highly_variable"].to_numpy()].copy()
+    adata = hvg_counts(full, N_TOP_GENES)
 
     rows = []
     for genes, data in ((f"{N_TOP_GENES} HVGs", adata), (f"all {full.n_vars} genes", full)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from benchmarks.autoencode_vs_scvi import load_pbmc
+from benchmarks._data import load_pbmc
 from benchmarks.scale import resample
 
 

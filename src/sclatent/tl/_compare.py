@@ -9,6 +9,7 @@ import pandas as pd
 import scanpy as sc
 from scanpy import logging as logg
 
+from ..models._setup import MIN_CELLS, check_values
 from ._neighbors import require_rep
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ def _labels(adata: AnnData, key: str, what: str) -> np.ndarray:
 
 def _pca_baseline(adata: AnnData, *, layer: str | None, n_comps: int, random_state: int) -> None:
     """``obsm['X_pca']`` from log-normalised counts (of ``layer`` or X), computed on a copy."""
-    from ..models._setup import check_values
-
     if layer is not None and layer not in adata.layers:
         msg = f"layer {layer!r} not found; layers are {list(adata.layers)}."
         raise KeyError(msg)
@@ -75,12 +74,13 @@ def _pca_baseline(adata: AnnData, *, layer: str | None, n_comps: int, random_sta
     adata.obsm["X_pca"] = tmp.obsm["X_pca"]
 
 
-def _scores(X: np.ndarray, labels: np.ndarray, batches: np.ndarray | None, *, n_jobs: int, random_state: int):
-    scib_metrics = _import_scib_metrics()
-    from scib_metrics.nearest_neighbors import pynndescent
-
+def _scores(
+    scib_metrics, X: np.ndarray, labels: np.ndarray, batches: np.ndarray | None, *, n_jobs: int, random_state: int
+):
     n_neighbors = min(90, X.shape[0] - 1)
-    nn = pynndescent(X, n_neighbors=n_neighbors, random_state=random_state, n_jobs=n_jobs)
+    nn = scib_metrics.nearest_neighbors.pynndescent(
+        X, n_neighbors=n_neighbors, random_state=random_state, n_jobs=n_jobs
+    )
     nn15, nn50 = nn.subset_neighbors(min(15, n_neighbors)), nn.subset_neighbors(min(50, n_neighbors))
     clusters = scib_metrics.nmi_ari_cluster_labels_leiden(nn15, labels, optimize_resolution=True, n_jobs=n_jobs)
     scores = {
@@ -168,29 +168,29 @@ def compare_embeddings(
     >>> sl.tl.autoencode(adata, batch_key="batch")  # doctest: +SKIP
     >>> sl.tl.compare_embeddings(adata, ["X_sclatent"], label_key="cell_type", batch_key="batch")  # doctest: +SKIP
     """
-    _import_scib_metrics()  # fail before any work when the extra is missing
+    scib_metrics = _import_scib_metrics()  # fail before any work when the extra is missing
     keys = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
     for key in keys:
         require_rep(adata, key)
     labels = _labels(adata, label_key, "label_key")
     batches = _labels(adata, batch_key, "batch_key") if batch_key is not None else None
-    if adata.n_obs < 16:
-        msg = f"compare_embeddings needs at least 16 cells; got {adata.n_obs}."
+    if adata.n_obs < MIN_CELLS:
+        msg = f"compare_embeddings needs at least {MIN_CELLS} cells; got {adata.n_obs}."
         raise ValueError(msg)
-    for key in keys:
-        if not np.isfinite(np.asarray(adata.obsm[key])).all():
-            msg = f"adata.obsm[{key!r}] has NaN or infinite values."
-            raise ValueError(msg)
     if pca and "X_pca" not in keys:
         if "X_pca" not in adata.obsm:
             _pca_baseline(adata, layer=layer, n_comps=n_comps, random_state=random_state)
         keys.append("X_pca")
+    for key in keys:  # a user's own X_pca included
+        if not np.isfinite(np.asarray(adata.obsm[key])).all():
+            msg = f"adata.obsm[{key!r}] has NaN or infinite values."
+            raise ValueError(msg)
 
     start = logg.info(f"scoring {len(keys)} embeddings with scib-metrics")
     rows = []
     for key in keys:
         X = np.ascontiguousarray(np.asarray(adata.obsm[key], dtype=np.float32))
-        scores = _scores(X, labels, batches, n_jobs=n_jobs, random_state=random_state)
+        scores = _scores(scib_metrics, X, labels, batches, n_jobs=n_jobs, random_state=random_state)
         bio = float(np.mean([scores[m] for m in BIO_METRICS]))
         rows += [(key, BIO, m, scores[m]) for m in BIO_METRICS]
         rows.append((key, AGGREGATE, "bio conservation", bio))
