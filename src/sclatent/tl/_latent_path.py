@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy.sparse.csgraph import dijkstra
 
-from ..models import Autoencoder
 from ._docs import fill_doc
 from ._neighbors import ensure_neighbors
 from ._pseudotime import _resolve_cell
+
+if TYPE_CHECKING:
+    from ..models import Autoencoder
 
 
 def _endpoint(adata: ad.AnnData, latent: np.ndarray, spec, groupby: str | None) -> int:
@@ -72,6 +76,8 @@ def latent_path(
     the path) and ``nearest_cell``; ``obsm['X_latent']`` the latent points; ``uns['latent_path']``
     the start and end cells and the cells the path passes through.
     """
+    from ..models import Autoencoder  # imports torch on first use
+
     if isinstance(data, Autoencoder):
         model = data
         latent = model.get_latent()
