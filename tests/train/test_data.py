@@ -1,5 +1,6 @@
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from sclatent.train import BatchIndexSampler, CellData, make_loader
 
@@ -31,3 +32,32 @@ def test_sparse_rows_sliced_per_batch(pbmc_hvg):
     sizes = [b["x"].shape[0] for b in loader]
     assert sum(sizes) == X.shape[0]
     assert max(sizes) == 256
+
+
+def test_batches_are_built_where_the_data_are(pbmc_hvg):
+    # on the meta device tensors have no values: building a batch there proves that it needs no
+    # copy back to the host (the GPU path), only the index array going to the device
+    X = pbmc_hvg.X
+    cat = np.arange(X.shape[0])[:, None] % 3
+    data = CellData(X, np.asarray(X.sum(1)).ravel(), cat, np.zeros((X.shape[0], 0))).to("meta")
+    batch = data[np.array([3, 10, 11, 400])]
+    assert all(v.device.type == "meta" for v in batch.values())
+    assert batch["x"].shape == (4, X.shape[1])
+    assert batch["cat"].shape == (4, 1)
+
+
+def test_dense_and_sparse_give_the_same_batches(pbmc_hvg):
+    X = pbmc_hvg.X
+    lib = np.asarray(X.sum(1)).ravel()
+    none = np.zeros((X.shape[0], 0))
+    idx = np.sort(np.random.default_rng(0).choice(X.shape[0], 300, replace=False))
+    sparse, dense = CellData(X, lib, none, none)[idx], CellData(X.toarray(), lib, none, none)[idx]
+    np.testing.assert_array_equal(sparse["x"].numpy(), dense["x"].numpy())
+    assert sparse["x"].dtype == torch.float32
+
+
+def test_float32_csr_is_shared_not_copied(pbmc_hvg):
+    X = pbmc_hvg.X
+    assert X.dtype == np.float32
+    data = CellData(X, np.asarray(X.sum(1)).ravel(), np.zeros((X.shape[0], 0)), np.zeros((X.shape[0], 0)))
+    assert np.shares_memory(data._csr[1].numpy(), X.data)

@@ -1,4 +1,4 @@
-"""Minibatches sliced straight from a CSR or dense matrix, a whole batch at a time."""
+"""Minibatches built from a CSR (or dense) matrix a whole batch at a time, on the device that holds it."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class CellData(Dataset):
     """Cells of one matrix plus their library sizes and covariates.
 
-    Indexing with an array of cell indices returns the whole minibatch as a dict of tensors:
-    the rows are sliced from the CSR (or dense) matrix in one call and densified batch by
-    batch; the full matrix is never densified.
+    Indexing with an array of cell indices returns the whole minibatch as a dict of tensors.
+    An in-memory CSR matrix is held as two tensors (column indices and values, shared with the
+    scipy matrix when it is float32, not copied; the row pointers stay on the host) and each batch's rows are
+    gathered and densified with torch operations, so that after :meth:`to` a GPU builds its
+    batches itself, with no host round trip per batch. Dense matrices are held as one tensor.
+    Backed data (``backed="r"``) stay on disk and are read batch by batch. The full matrix is
+    never densified.
 
     Parameters
     ----------
     X
-        Cells × genes, CSR or dense.
+        Cells × genes: CSR, dense, or a backed (h5py) matrix.
     library
         Total counts per cell.
     cat
@@ -29,23 +33,78 @@ class CellData(Dataset):
 
     def __init__(self, X, library: np.ndarray, cat: np.ndarray, cont: np.ndarray) -> None:
         self.X = X
+        self.shape = X.shape
         self.library = torch.from_numpy(np.asarray(library, dtype=np.float32)).reshape(-1, 1)
         self.cat = torch.from_numpy(np.asarray(cat, dtype=np.int64))
         self.cont = torch.from_numpy(np.asarray(cont, dtype=np.float32))
+        self._csr = self._dense = None
+        if sp.issparse(X):
+            # the row pointers stay on the host: each batch's size is known without waiting for the device
+            self._indptr = np.asarray(X.indptr, dtype=np.int64)
+            self._csr = (torch.from_numpy(X.indices), torch.from_numpy(np.asarray(X.data, dtype=np.float32)))
+        elif isinstance(X, np.ndarray):
+            self._dense = torch.from_numpy(np.asarray(X, dtype=np.float32))
+        self.device = torch.device("cpu")
 
     def __len__(self) -> int:
-        return self.X.shape[0]
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix and per-cell arrays as held in tensors (0 for backed data)."""
+        held = [*(self._csr or ()), *([self._dense] if self._dense is not None else [])]
+        return sum(t.numel() * t.element_size() for t in [*held, self.library, self.cat, self.cont])
+
+    @property
+    def in_tensors(self) -> bool:
+        """Whether the matrix is held in tensors (in memory), rather than read from disk per batch."""
+        return self._csr is not None or self._dense is not None
+
+    def to(self, device: torch.device | str) -> CellData:
+        """Move the matrix and per-cell arrays to ``device`` (in place); batches are then built there."""
+        device = torch.device(device)
+        if not self.in_tensors and device.type != "cpu":
+            msg = "backed data are read from disk batch by batch and cannot be moved to a device; load them into memory first (`adata.to_memory()`)."
+            raise ValueError(msg)
+        if self._csr is not None:
+            self._csr = tuple(t.to(device) for t in self._csr)
+        if self._dense is not None:
+            self._dense = self._dense.to(device)
+        self.library, self.cat, self.cont = (t.to(device) for t in (self.library, self.cat, self.cont))
+        self.device = device
+        return self
+
+    def _rows(self, idx: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+        if self._dense is not None:
+            return self._dense.index_select(0, rows)
+        if self._csr is not None:
+            indices, values = self._csr
+            starts = self._indptr[idx]
+            lengths = self._indptr[idx + 1] - starts
+            nnz = int(lengths.sum())
+            lengths_t = torch.from_numpy(lengths).to(self.device, non_blocking=True)
+            # position of each stored value of the batch in `values`: its row's start plus its rank in the row
+            offset = torch.from_numpy(starts - (np.cumsum(lengths) - lengths)).to(self.device, non_blocking=True)
+            pos = torch.repeat_interleave(offset, lengths_t, output_size=nnz) + torch.arange(nnz, device=self.device)
+            row_of = torch.repeat_interleave(torch.arange(len(idx), device=self.device), lengths_t, output_size=nnz)
+            x = torch.zeros(len(idx), self.shape[1], dtype=values.dtype, device=self.device)
+            x[row_of, indices[pos].long()] = values[pos]
+            return x
+        # backed data are read in increasing order, then put back in the order asked for
+        order = np.argsort(idx)
+        rows_np = self.X[idx[order]][np.argsort(order)]
+        rows_np = rows_np.toarray() if sp.issparse(rows_np) else np.asarray(rows_np)
+        return torch.from_numpy(rows_np.astype(np.float32, copy=False))
 
     def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = np.asarray(idx)
-        if isinstance(self.X, np.ndarray) or sp.issparse(self.X):
-            rows = self.X[idx]
-        else:  # backed data are read in increasing order, then put back in the order asked for
-            order = np.argsort(idx)
-            rows = self.X[idx[order]][np.argsort(order)]
-        rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-        t = torch.from_numpy(rows.astype(np.float32, copy=False))
-        return {"x": t, "library": self.library[idx], "cat": self.cat[idx], "cont": self.cont[idx]}
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = torch.from_numpy(idx).to(self.device, non_blocking=True)
+        return {
+            "x": self._rows(idx, rows),
+            "library": self.library.index_select(0, rows),
+            "cat": self.cat.index_select(0, rows),
+            "cont": self.cont.index_select(0, rows),
+        }
 
 
 class BatchIndexSampler(Sampler):
@@ -72,11 +131,16 @@ class BatchIndexSampler(Sampler):
             idx = np.random.default_rng([self.seed, self.epoch]).permutation(idx)
             self.epoch += 1
         for i in range(len(self)):
-            # sorted within the batch: faster CSR slicing, and what backed (h5py) data need
+            # sorted within the batch: contiguous reads, and what backed (h5py) data need
             yield np.sort(idx[i * self.batch_size : (i + 1) * self.batch_size])
 
 
-def make_loader(data: CellData, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Return a :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches."""
+def make_loader(
+    data: CellData, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Return a :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches.
+
+    ``pin_memory`` pins host batches for asynchronous copies to a GPU (when the data are not on it).
+    """
     sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(data, sampler=sampler, batch_size=None)
+    return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)

@@ -18,6 +18,10 @@ class TrainingPlan(L.LightningModule):
     and validation cells is kept in ``history`` and logged as ``train_loss`` and
     ``validation_loss`` (the latter is what early stopping monitors).
 
+    A loss that is not finite raises :class:`FloatingPointError`: on the CPU at once, before the
+    optimiser step; on a GPU at the end of the epoch, so that no step waits for the device (the
+    best weights so far are restored by :class:`~sclatent.train.BestWeights`).
+
     Parameters
     ----------
     module
@@ -40,6 +44,7 @@ class TrainingPlan(L.LightningModule):
         self.kl_warmup_epochs = kl_warmup_epochs
         self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
         self._sums = {"train": [0.0, 0], "validation": [0.0, 0]}
+        self._nonfinite = torch.zeros((), dtype=torch.int32)
 
     @property
     def kl_weight(self) -> float:
@@ -60,10 +65,14 @@ class TrainingPlan(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.module(batch, kl_weight=self.kl_weight)
-        if not torch.isfinite(out.loss):
-            # stop before the optimiser step, so the weights stay finite
-            msg = f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
-            raise FloatingPointError(msg)
+        if out.loss.device.type == "cpu":
+            if not torch.isfinite(out.loss):
+                # stop before the optimiser step, so the weights stay finite
+                msg = f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
+                raise FloatingPointError(msg)
+        else:
+            # on a GPU a per-step check would wait for the device every step: count and check once per epoch
+            self._nonfinite = self._nonfinite + (~torch.isfinite(out.loss.detach())).int()
         self._accumulate("train", out, batch["x"].shape[0])
         return out.loss
 
@@ -79,7 +88,13 @@ class TrainingPlan(L.LightningModule):
         self.history["validation_loss"].append(value)
         self.log("validation_loss", value, prog_bar=True)
 
+    def on_train_epoch_start(self) -> None:
+        self._nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)
+
     def on_train_epoch_end(self) -> None:
+        if int(self._nonfinite):
+            msg = f"the training loss became NaN or infinite in {int(self._nonfinite)} steps of epoch {self.current_epoch}"
+            raise FloatingPointError(msg)
         value = self._epoch_mean("train")
         self.history["train_loss"].append(value)
         self.log("train_loss", value, prog_bar=True)
