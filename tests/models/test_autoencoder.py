@@ -126,3 +126,19 @@ def test_callbacks_hook(pbmc_small):
     counter = CountEpochs()
     sl.models.Autoencoder(pbmc_small).fit(max_epochs=3, early_stopping=False, progress_bar=False, callbacks=[counter])
     assert counter.n == 3
+
+
+def test_outputs_are_written_once_not_assembled_from_copies(trained):
+    # numpy allocations are traced: the denoised matrix must exist once, not as chunks plus joined copies
+    import tracemalloc
+
+    model, adata = trained
+    tracemalloc.start()
+    try:
+        denoised = model.get_denoised()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert denoised.flags["C_CONTIGUOUS"]
+    assert denoised.dtype == np.float32
+    assert peak < 1.3 * denoised.nbytes, f"peak {peak} bytes for a {denoised.nbytes}-byte result"

@@ -93,3 +93,40 @@ def test_register_likelihood_hook():
         sl.module.register_likelihood("bad")(dict)
     with pytest.raises(ValueError, match="Unknown likelihood 'nope'"):
         sl.module.get_likelihood("nope")
+
+
+def test_compiled_zinb_matches_scvi(params):
+    # the torch.compile'd kernel (one fused loop) against scvi-tools' own, values and gradients
+    x, mu, theta, pi = (t.float() for t in params)
+    ref, ref_grads = _grads(lambda m, t, p: log_zinb_positive(x, m, t, p), [mu, theta, pi])
+    with sl.module.compiled_kernels(True):
+        ours, our_grads = _grads(lambda m, t, p: log_zinb(x, m, t, p), [mu, theta, pi])
+        # another batch size reuses the compiled kernel (compiled for any number of cells)
+        part = log_zinb(x[:77], mu[:77], theta, pi[:77])
+    from sclatent.module._likelihoods import _KERNELS
+
+    assert _KERNELS.failed is None, _KERNELS.failed
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
+    for a, b in zip(our_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(part, ref[:77], atol=1e-4, rtol=1e-5)
+
+
+def test_failed_compilation_falls_back_to_eager(params, monkeypatch):
+    from sclatent.module import _likelihoods
+
+    kernels = _likelihoods._Kernels()
+    monkeypatch.setattr(_likelihoods, "_KERNELS", kernels)
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x, mu, theta, pi = params
+    with sl.module.compiled_kernels(True), pytest.warns(RuntimeWarning, match="eager ZINB kernel"):
+        value = log_zinb(x, mu, theta, pi)
+    torch.testing.assert_close(value, log_zinb_positive(x, mu, theta, pi), atol=1e-5, rtol=0)
+    assert "no C++ compiler" in kernels.failed

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 #: The fewest cells a model can be trained on.
 MIN_CELLS = 16
 _CHUNK = 10_000
+_CHUNK_VALUES = 2**24
 
 
 def _matrix(adata: AnnData, layer: str | None):
@@ -33,19 +34,24 @@ def _matrix(adata: AnnData, layer: str | None):
 def _as_rows(X):
     """Return a matrix that can be sliced by rows, a batch at a time, without densifying it all.
 
-    In-memory CSR and dense arrays are used as they are (CSC is converted to CSR). Backed CSR
-    and backed dense data (``backed="r"``) stay on disk and are read batch by batch.
+    In-memory float32 CSR and float32 dense arrays are used as they are. Other sparse formats or
+    dtypes are converted once, to a float32 CSR (the only copy of the data that is made). Backed
+    CSR and backed dense data (``backed="r"``) stay on disk and are read batch by batch.
     """
     if sp.issparse(X):
-        return X if X.format == "csr" else sp.csr_matrix(X)
+        if X.format == "csr" and X.dtype == np.float32 and X.has_canonical_format:
+            return X
+        X = sp.csr_matrix(X, dtype=np.float32, copy=X.format == "csr" and not X.has_canonical_format)
+        X.sum_duplicates()  # a copy already, never the user's matrix
+        return X
     if getattr(X, "format", None) == "csr" and hasattr(X, "to_memory"):  # backed CSR
         return X
     if hasattr(X, "to_memory"):  # backed CSC and other lazy arrays
         X = X.to_memory()
-        return X if not sp.issparse(X) else sp.csr_matrix(X)
+        return _as_rows(X) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if type(X).__module__.startswith("h5py"):  # backed dense
         return X
-    return np.asarray(X)
+    return np.asarray(X, dtype=np.float32)
 
 
 def _row_chunks(X):
@@ -53,21 +59,35 @@ def _row_chunks(X):
         yield X[i : i + _CHUNK]
 
 
+def _value_chunks(X):
+    """Yield the values of ``X`` in chunks (a sparse matrix's stored values), so that checks need little memory."""
+    if sp.issparse(X):
+        for i in range(0, max(X.data.size, 1), _CHUNK_VALUES):
+            yield X.data[i : i + _CHUNK_VALUES]
+    else:
+        for chunk in _row_chunks(X):
+            yield chunk.data if sp.issparse(chunk) else np.asarray(chunk)
+
+
 def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"layer {layer!r}"
+
+
+def check_dtype(X, *, layer: str | None) -> None:
+    """Raise unless ``X`` holds real numbers."""
+    dtype = np.dtype(X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        msg = f"{_where(layer)} has dtype {dtype}; expected real numbers (counts, or log-normalised values with likelihood='gaussian'). Convert it, e.g. `adata.X = adata.X.astype(np.float32)`."
+        raise TypeError(msg)
 
 
 def check_values(X, *, layer: str | None, counts: bool) -> None:
     """Raise on NaN/inf, and on negative or non-integer values when counts are expected.
 
-    Sparse matrices are checked on their stored values, dense ones chunk by chunk.
+    Checked chunk by chunk (a sparse matrix on its stored values), so that no copy of the matrix is made.
     """
-    chunks = [X] if sp.issparse(X) else _row_chunks(X)
-    for chunk in chunks:
-        chunk = chunk.data if sp.issparse(chunk) else np.asarray(chunk)
-        if not np.issubdtype(chunk.dtype, np.number) or np.issubdtype(chunk.dtype, np.complexfloating):
-            msg = f"{_where(layer)} has dtype {chunk.dtype}; expected real numbers."
-            raise TypeError(msg)
+    check_dtype(X, layer=layer)
+    for chunk in _value_chunks(X):
         if np.issubdtype(chunk.dtype, np.floating) and not np.isfinite(chunk).all():
             msg = f"{_where(layer)} holds NaN or infinite values; remove or fix them before training."
             raise ValueError(msg)
@@ -220,6 +240,7 @@ class DataSetup:
                 msg = f"{len(missing)} of the model's {len(var_names)} genes are missing from adata.var_names (e.g. {missing[:5].tolist()}); the data must contain every gene the model was trained on."
                 raise ValueError(msg)
             X = X[:, pos]
+        check_dtype(X, layer=self.layer)
         X = _as_rows(X)
         check_values(X, layer=self.layer, counts=self.counts)
         library = _row_sums(X)

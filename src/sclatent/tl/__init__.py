@@ -2,6 +2,7 @@
 
 from ._autoencode import autoencode
 from ._compare import compare_embeddings
+from ._denoise import denoise
 from ._gene_trends import gene_trends
 from ._latent_path import latent_path
 from ._leiden import leiden
@@ -11,6 +12,7 @@ from ._umap import umap
 __all__ = [
     "autoencode",
     "compare_embeddings",
+    "denoise",
     "gene_trends",
     "latent_path",
     "leiden",
