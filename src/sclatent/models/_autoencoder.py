@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from ..module import AutoencoderConfig, AutoencoderModule, compiled_kernels, get_likelihood
+from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, WarmEarlyStopping, make_loader
 from ._setup import DataSetup
 
@@ -71,9 +71,6 @@ def _warm_up(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
         clone = copy.deepcopy(module)
         clone(batch, kl_weight=1.0).loss.backward()
 
-
-#: Training cells × epochs from which ``fit(compile=None)`` compiles the likelihood (see :meth:`Autoencoder.fit`).
-COMPILE_MIN_CELL_EPOCHS = 2_000_000
 
 #: Fraction of a GPU's free memory that the training data may take to be held on it.
 GPU_DATA_FRACTION = 0.5
@@ -248,7 +245,6 @@ class Autoencoder:
         callbacks: Sequence[Callback] = (),
         max_time: str | timedelta | None = None,
         checkpoint_dir: str | Path | None = None,
-        compile: bool | None = None,
     ) -> Autoencoder:
         """Train on the AnnData given at construction (or continue training a trained or loaded model).
 
@@ -295,12 +291,6 @@ class Autoencoder:
         checkpoint_dir
             Save the model (as :meth:`save`) to this directory every time the validation loss
             improves. Resume with ``Autoencoder.load(checkpoint_dir, adata).fit(...)``.
-        compile
-            Compile the ZINB likelihood's dense work with :func:`torch.compile` (one fused loop;
-            training steps about a third faster on a CPU), which costs 10 to 30 s once per
-            process and needs a C++ compiler (without one, training falls back to the eager
-            kernel with a warning). ``None`` compiles when the planned work is large enough to
-            repay that: training cells × ``max_epochs`` ≥ 2 million (ZINB only).
 
         Returns
         -------
@@ -343,8 +333,6 @@ class Autoencoder:
             msg = f"only {len(train_idx)} cells are left for training; lower validation_fraction or add cells."
             raise ValueError(msg)
 
-        if compile is None:
-            compile = self.config.likelihood == "zinb" and len(train_idx) * max_epochs >= COMPILE_MIN_CELL_EPOCHS
         data = CellData(X, library, cat, cont)
         plan = TrainingPlan(
             self.module, learning_rate=learning_rate, weight_decay=weight_decay, kl_warmup_epochs=kl_warmup_epochs
@@ -371,10 +359,9 @@ class Autoencoder:
         cbs += [stopper] if early_stopping else []
 
         self.module.train()  # a loaded model is in eval mode
-        with compiled_kernels(compile):  # compiles here, if at all, before the clock starts
-            _warm_up(self.module, data[train_idx[: min(batch_size, len(train_idx))]])
+        _warm_up(self.module, data[train_idx[: min(batch_size, len(train_idx))]])
         start = time.perf_counter()
-        with _quiet_lightning(), torch.random.fork_rng(devices=[]), compiled_kernels(compile):
+        with _quiet_lightning(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             trainer = L.Trainer(
                 max_epochs=int(max_epochs),
@@ -453,7 +440,6 @@ class Autoencoder:
             "kl_warmup_epochs": int(kl_warmup_epochs),
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
-            "compiled": bool(compile),
         }
         self.train_indices, self.validation_indices = train_idx, val_idx
         self.is_trained = True

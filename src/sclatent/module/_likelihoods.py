@@ -10,9 +10,7 @@ training step. ``tests/module/test_likelihoods.py`` holds each kernel to scvi-to
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,6 @@ from scvi.distributions import Poisson as _ScviPoisson
 from scvi.distributions import ZeroInflatedNegativeBinomial as _ScviZINB
 from torch import nn
 from torch.distributions import Distribution, Normal
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 _EPS = 1e-8
 
@@ -54,133 +49,68 @@ def log_nb(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 
     return res.index_put(idx, nz)
 
 
-def _zinb_zero_case(mu, theta, zi_logits, eps: float):
-    """Return the ZINB log-probability of a zero count at every entry, and ``log(theta + mu)``."""
-    log_tm = torch.log(mu + (theta + eps))
-    q = theta * (torch.log(theta + eps) - log_tm) - zi_logits  # -pi + theta * log(theta / (theta + mu))
-    return F.softplus(q) - F.softplus(-zi_logits), log_tm
-
-
-def _zinb_zero_case_grad(mu, theta, zi_logits, grad, eps: float):
-    """Gradients of :func:`_zinb_zero_case` (times ``grad``) for mu, zi_logits and theta (the latter per entry)."""
-    tm = mu + (theta + eps)
-    log_tm = torch.log(tm)
-    s_q = torch.sigmoid(theta * (torch.log(theta + eps) - log_tm) - zi_logits)
-    theta_inv_tm = theta / tm
-    d_mu = -s_q * theta_inv_tm * grad
-    d_pi = (torch.sigmoid(-zi_logits) - s_q) * grad
-    d_theta = s_q * (torch.log(theta + eps) + theta / (theta + eps) - log_tm - theta_inv_tm) * grad
-    return d_mu, d_pi, d_theta
-
-
-class _Kernels:
-    """The dense parts of the ZINB kernel, eager or compiled with :func:`torch.compile`.
-
-    Compiling fuses a dozen passes over the cells × genes arrays into one loop each way (several
-    times faster on a CPU), but costs seconds the first time in a process and needs a C++
-    compiler: :meth:`compiled` falls back to the eager functions, with a warning, when it fails.
-    """
-
-    def __init__(self) -> None:
-        self.use_compiled = False
-        self._compiled = None
-        self.failed: str | None = None
-
-    def get(self):
-        if self.use_compiled and self.failed is None:
-            if self._compiled is None:
-                self._compiled = tuple(torch.compile(f, dynamic=True) for f in (_zinb_zero_case, _zinb_zero_case_grad))
-            return self._compiled
-        return _zinb_zero_case, _zinb_zero_case_grad
-
-    def call(self, which: int, *args):
-        fn = self.get()[which]
-        try:
-            with warnings.catch_warnings():
-                # dynamo inspects its inputs (e.g. `.grad` of non-leaf tensors) and warns about it
-                warnings.simplefilter("ignore")
-                return fn(*args)
-        except Exception as e:  # any compiler failure: run eagerly instead (a real error raises there again)
-            if fn is (_zinb_zero_case, _zinb_zero_case_grad)[which]:
-                raise
-            self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warnings.warn(
-                f"torch.compile failed ({self.failed}); training continues with the eager ZINB kernel (slower). "
-                "Pass compile=False to skip the attempt.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return (_zinb_zero_case, _zinb_zero_case_grad)[which](*args)
-
-
-_KERNELS = _Kernels()
-
-
-@contextmanager
-def compiled_kernels(enabled: bool) -> Iterator[None]:
-    """Use the compiled ZINB kernel (``enabled=True``) or the eager one inside the ``with`` block."""
-    previous = _KERNELS.use_compiled
-    _KERNELS.use_compiled = enabled
-    try:
-        yield
-    finally:
-        _KERNELS.use_compiled = previous
-
-
 class _ZINBLogProb(torch.autograd.Function):
     """ZINB log-probability with analytic gradients, fusing what autograd would keep as a dozen tensors.
 
-    ``x`` is cells × genes and ``theta`` gene-wise. Dense work is only the zero case (see
-    :func:`_zinb_zero_case`, compiled when :func:`compiled_kernels` is on); the count-dependent
-    terms run on the non-zero counts alone (gathered with one flat index), and
-    ``lgamma``/``digamma`` of ``theta`` once per gene.
+    ``x`` is cells × genes and ``theta`` gene-wise. Dense work is only the zero case and the
+    shared terms; the count-dependent terms run on the non-zero counts alone (gathered with
+    one flat index), and ``lgamma``/``digamma`` of ``theta`` once per gene.
     """
 
     @staticmethod
     def forward(ctx, x, mu, theta, zi_logits, eps):
         n_genes = x.shape[-1]
-        res, log_tm = _KERNELS.call(0, mu, theta, zi_logits, eps)
+        theta_eps = theta + eps
+        tm = mu + theta_eps
+        log_tm = torch.log(tm)
+        q = (torch.log(theta_eps) - log_tm).mul_(theta).sub_(zi_logits)  # -pi + theta * log(theta / (theta + mu))
+        sp_neg_pi = F.softplus(-zi_logits)
+        res = F.softplus(q).sub_(sp_neg_pi)  # the zero case, everywhere
         flat = torch.nonzero(x.reshape(-1)).squeeze(1)
         cols = flat.remainder(n_genes)
         xn = x.reshape(-1).index_select(0, flat)
         tn = theta.index_select(0, cols)
-        mun = mu.reshape(-1).index_select(0, flat)
-        zn = zi_logits.reshape(-1).index_select(0, flat)
-        log_tmn = log_tm.reshape(-1).index_select(0, flat)
+
+        def take(t):
+            return t.reshape(-1).index_select(0, flat)
+
         nz = (
-            tn * (torch.log(tn + eps) - log_tmn)
-            - zn
-            - F.softplus(-zn)
-            + xn * (torch.log(mun + eps) - log_tmn)
+            take(q)
+            - take(sp_neg_pi)
+            + xn * (torch.log(take(mu) + eps) - take(log_tm))
             + torch.lgamma(xn + tn)
             - torch.lgamma(theta).index_select(0, cols)
             - torch.lgamma(xn + 1)
         )
         res.reshape(-1).index_copy_(0, flat, nz)
-        ctx.save_for_backward(xn, flat, cols, mu, theta, zi_logits)
+        ctx.save_for_backward(xn, flat, cols, mu, theta, zi_logits, q, tm, log_tm)
         ctx.eps = eps
         return res
 
     @staticmethod
     def backward(ctx, grad):
-        xn, flat, cols, mu, theta, zi_logits = ctx.saved_tensors
+        xn, flat, cols, mu, theta, zi_logits, q, tm, log_tm = ctx.saved_tensors
         eps = ctx.eps
-        grad = grad.contiguous()
-        d_mu, d_pi, d_theta_all = _KERNELS.call(1, mu, theta, zi_logits, grad, eps)
-        # the non-zero counts: replace the zero case's gradients there
-        gn = grad.reshape(-1).index_select(0, flat)
+
+        def take(t):
+            return t.reshape(-1).index_select(0, flat)
+
+        s_q = torch.sigmoid(q)
+        theta_inv_tm = theta / tm
+        # the zero case, everywhere
+        d_pi = torch.sigmoid(-zi_logits).sub_(s_q)
+        d_mu = -s_q * theta_inv_tm
+        dq_dtheta = (torch.log(theta + eps) + theta / (theta + eps)) - log_tm - theta_inv_tm
+        d_theta = s_q.mul_(dq_dtheta)
+        # the non-zero counts
         tn = theta.index_select(0, cols)
-        mun = mu.reshape(-1).index_select(0, flat)
-        tmn = mun + tn + eps
-        theta_inv_tmn = tn / tmn
-        xn_inv_tmn = xn / tmn
-        d_pi.reshape(-1).index_copy_(0, flat, -torch.sigmoid(zi_logits.reshape(-1).index_select(0, flat)) * gn)
-        d_mu.reshape(-1).index_copy_(0, flat, (-theta_inv_tmn + xn / (mun + eps) - xn_inv_tmn) * gn)
-        dq_dtheta = torch.log(tn + eps) + tn / (tn + eps) - torch.log(tmn) - theta_inv_tmn
-        d_theta_nz = (dq_dtheta - xn_inv_tmn + torch.digamma(xn + tn) - torch.digamma(theta).index_select(0, cols)) * gn
-        d_theta = d_theta_all.sum(0)
-        d_theta.index_add_(0, cols, d_theta_nz - d_theta_all.reshape(-1).index_select(0, flat))
-        return None, d_mu, d_theta, d_pi, None
+        xn_inv_tm = xn / take(tm)
+        d_pi.reshape(-1).index_copy_(0, flat, -torch.sigmoid(take(zi_logits)))
+        d_mu.reshape(-1).index_copy_(0, flat, -take(theta_inv_tm) + xn / (take(mu) + eps) - xn_inv_tm)
+        d_theta_nz = take(dq_dtheta) - xn_inv_tm + torch.digamma(xn + tn) - torch.digamma(theta).index_select(0, cols)
+        d_theta.reshape(-1).index_copy_(0, flat, d_theta_nz)
+        d_theta = d_theta.mul_(grad).sum(0)
+        return None, d_mu.mul_(grad), d_theta, d_pi.mul_(grad), None
 
 
 def log_zinb(

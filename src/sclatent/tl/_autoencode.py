@@ -75,7 +75,6 @@ def autoencode(
     callbacks: Sequence[Callback] = (),
     max_time: str | timedelta | None = None,
     checkpoint_dir: str | Path | None = None,
-    compile: bool | None = None,
     copy: bool = False,
     progress_bar: bool = True,
     return_model: bool = False,
@@ -152,10 +151,6 @@ def autoencode(
     checkpoint_dir
         Save the best model so far to this directory during training (see
         :meth:`sclatent.models.Autoencoder.fit`).
-    compile
-        Compile the ZINB likelihood with :func:`torch.compile` (faster steps, 10 to 30 s once per
-        process); ``None`` does so when training cells × ``max_epochs`` ≥ 2 million (see
-        :meth:`sclatent.models.Autoencoder.fit`).
     copy
         Return a copy instead of writing to ``adata``.
     progress_bar
@@ -230,7 +225,6 @@ def autoencode(
         callbacks=callbacks,
         max_time=max_time,
         checkpoint_dir=checkpoint_dir,
-        compile=compile,
     )
     if denoise is None:
         denoise = adata.n_obs * adata.n_vars * 4 <= DENOISE_MAX_BYTES
