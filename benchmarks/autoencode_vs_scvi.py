@@ -14,6 +14,8 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -101,6 +103,13 @@ def fit_scvi_same(adata, epochs: int, validate: bool) -> float:
         plan_kwargs={"lr": 1e-3, "n_epochs_kl_warmup": 400},
     )
     return (time.perf_counter() - start) / epochs
+
+
+def import_seconds(module: str) -> float:
+    """Seconds that ``import module`` takes in a fresh Python process."""
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
 
 
 def machine() -> str:
@@ -208,6 +217,27 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"| best NMI over resolutions | {best_ours:.3f} | {best_scvi:.3f} | |",
         "",
         "Peak RSS is measured above the process's resident memory when each fit starts; memory freed by earlier runs in the same process is reused, so it understates the later run (scVI). Compare memory in separate processes.",
+        "",
+    ]
+    # 3. import time, each in fresh processes, alternating
+    times = {"scanpy": [], "sclatent": []}
+    for _ in range(5):
+        for module in times:
+            times[module].append(import_seconds(module))
+    extra = [b - a for a, b in zip(times["scanpy"], times["sclatent"], strict=True)]
+    lines += [
+        "## 3. Import time",
+        "",
+        "`import scanpy` and `import sclatent`, each in a fresh process, 5 times, alternating. sclatent imports "
+        "torch, Lightning and scvi-tools only when a model is first used (e.g. the first `sl.tl.autoencode`).",
+        "",
+        "| | median (s) | runs (s) |",
+        "|---|---|---|",
+        *[
+            f"| `import {m}` | {statistics.median(t):.2f} | {', '.join(f'{x:.2f}' for x in t)} |"
+            for m, t in times.items()
+        ],
+        f"| sclatent minus scanpy, pair by pair | {statistics.median(extra):.2f} | {', '.join(f'{x:.2f}' for x in extra)} |",
         "",
     ]
     header = [
