@@ -7,6 +7,11 @@ try:
 except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
+# isort: split
+# first, so that no dependency imports tqdm.auto before it is made quiet
+from . import _progress  # noqa: F401
+
+# isort: split
 from . import datasets, models, module, nn, pl, pp, tl, train
 from .models import Autoencoder
 
