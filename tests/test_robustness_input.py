@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sclatent as sl
-from tests.robustness_helpers import assert_unchanged, snapshot
+
+from sclatent_test_helpers import assert_unchanged, snapshot
 
 FAST = {"max_epochs": 2, "n_hidden": 16, "progress_bar": False, "random_state": 0}
 

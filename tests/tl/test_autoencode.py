@@ -9,7 +9,8 @@ import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import sclatent as sl
-from tests.conftest import other_batch_fraction
+
+from sclatent_test_helpers import other_batch_fraction
 
 
 def _leiden(adata, resolution):

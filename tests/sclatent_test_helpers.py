@@ -1,4 +1,9 @@
-"""Snapshots of every slot of an AnnData, to prove a call left it as it was."""
+"""Helpers that several test modules share: AnnData snapshots, batch mixing, the paul15 training settings.
+
+A plain module with a name no other distribution uses, importable because pytest puts ``tests/`` on ``sys.path``
+(``pythonpath`` in pyproject.toml). Nothing imports the tests by a package name ``tests``: site-packages can hold
+another ``tests`` package (scib-metrics' dependency plottable installs one), which would shadow ours.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,20 @@ import pickle
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.neighbors import NearestNeighbors
+
+#: How the paul15 model is trained for the trajectory tests (also what the tutorial does).
+PAUL15_TRAINING = {"n_top_genes": 1000, "n_latent": 10}
+
+
+def other_batch_fraction(emb: np.ndarray, batch, k: int = 15) -> float:
+    """Mean fraction of a cell's k nearest neighbours from another batch, relative to random mixing."""
+    idx = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb, return_distance=False)[:, 1:]
+    b = np.asarray(batch)
+    observed = (b[idx] != b[:, None]).mean(1).mean()
+    counts = {v: (b == v).sum() for v in np.unique(b)}
+    expected = np.mean([(len(b) - counts[v]) / (len(b) - 1) for v in b])
+    return float(observed / expected)
 
 
 def _dense(x):
