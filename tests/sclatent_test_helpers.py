@@ -8,6 +8,7 @@ another ``tests`` package (scib-metrics' dependency plottable installs one), whi
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import scipy.sparse as sp
@@ -60,3 +61,17 @@ def assert_unchanged(adata, before: bytes) -> None:
             assert a.equals(b), slot
         else:
             assert pickle.dumps(a) == pickle.dumps(b), f"adata.{slot} changed"
+
+
+#: What a message says to do: an imperative (pass, run, call, ...) or the value an argument must have.
+FIX = re.compile(
+    r"\b(pass|run|call|use|set|remove|fill|drop|add|install|lower|increase|train|keep|convert|check|load|save|pick"
+    r"|choose|store|compute|leave|try|register|subset)\b|\bmust be\b",
+    re.IGNORECASE,
+)
+
+
+def assert_names_fix(error: BaseException | str) -> None:
+    """Assert that an error message says what to do about it, not only what is wrong."""
+    message = error if isinstance(error, str) else str(error.args[0] if error.args else error)
+    assert FIX.search(message), f"the message names no fix: {message!r}"

@@ -62,7 +62,10 @@ class TrainingPlan(L.LightningModule):
         out = self.module(batch, kl_weight=self.kl_weight)
         if not torch.isfinite(out.loss):
             # stop before the optimiser step, so the weights stay finite
-            msg = f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
+            msg = (
+                f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                f"lower the learning_rate (e.g. {self.learning_rate / 10:g}) or check the data for extreme values"
+            )
             raise FloatingPointError(msg)
         self._accumulate("train", out, batch["x"].shape[0])
         return out.loss
