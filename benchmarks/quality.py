@@ -55,7 +55,8 @@ def load(name: str) -> ad.AnnData:
     elif name == "Kang 2018 stimulated PBMCs":
         adata = ad.read_h5ad(DATA / "kang2018_stim_subset.h5ad")
     else:
-        raise ValueError(name)
+        msg = f"unknown data set {name!r}; choose one of {[d.name for d in DATASETS]}."
+        raise ValueError(msg)
     return hvg_counts(adata, batch_key="batch" if "batch" in adata.obs else None)
 
 
@@ -134,6 +135,22 @@ NAMES = {"X_sclatent": "sclatent", "X_scVI": "scVI", "X_pca": "PCA", "X_harmony"
 METHODS = ["sclatent", "scVI", "PCA", "Harmony"]
 
 
+def bold_best(row: pd.Series, fmt: str, *, lower_is_better: bool = False) -> list[str]:
+    """Format each method's value, in bold where it is the best as shown.
+
+    Methods that tie for the best (equal once formatted) are all bold; when every method ties, none is, as nobody won.
+    """
+    shown = {m: fmt.format(v) for m, v in row.items()}
+    scored = row.dropna()
+    if scored.empty:
+        return list(shown.values())
+    best = fmt.format(scored.min() if lower_is_better else scored.max())
+    winners = {m for m in scored.index if shown[m] == best}
+    if len(winners) == len(scored):
+        winners = set()
+    return [f"**{shown[m]}**" if m in winners else shown[m] for m in row.index]
+
+
 def report(results: pd.DataFrame, shapes: dict[str, tuple[int, int]], figure: str) -> list[str]:
     results = results.assign(method=results["embedding"].map(NAMES))
     lines = []
@@ -157,8 +174,7 @@ def report(results: pd.DataFrame, shapes: dict[str, tuple[int, int]], figure: st
         ]
         for (category, metric), row in table.iterrows():
             fmt = "{:.1f}" if category == "time" else "{:.3f}"
-            best = row.idxmax() if category != "time" else row.idxmin()
-            cells = [f"**{fmt.format(v)}**" if m == best else fmt.format(v) for m, v in row.items()]
+            cells = bold_best(row, fmt, lower_is_better=category == "time")
             lines.append(f"| {category} | {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     totals = results[results["metric"].isin(["total", "bio conservation"]) & (results["category"] == "aggregate")]

@@ -6,9 +6,10 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
-from sklearn.neighbors import NearestNeighbors
 
 import sclatent as sl
+
+from sclatent_test_helpers import PAUL15_TRAINING
 
 DATA = Path(__file__).parent / "data"
 
@@ -20,16 +21,6 @@ def hvg_counts(adata: ad.AnnData, n_top_genes: int = 2000, batch_key: str | None
     sc.pp.log1p(norm)
     sc.pp.highly_variable_genes(norm, n_top_genes=n_top_genes, flavor="seurat", batch_key=batch_key)
     return adata[:, norm.var["highly_variable"].to_numpy()].copy()
-
-
-def other_batch_fraction(emb: np.ndarray, batch, k: int = 15) -> float:
-    """Mean fraction of a cell's k nearest neighbours from another batch, relative to random mixing."""
-    idx = NearestNeighbors(n_neighbors=k + 1).fit(emb).kneighbors(emb, return_distance=False)[:, 1:]
-    b = np.asarray(batch)
-    observed = (b[idx] != b[:, None]).mean(1).mean()
-    counts = {v: (b == v).sum() for v in np.unique(b)}
-    expected = np.mean([(len(b) - counts[v]) / (len(b) - 1) for v in b])
-    return float(observed / expected)
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +56,6 @@ def cellbench_5cl() -> ad.AnnData:
     """CellBench 5 cell lines on 3 CEL-seq2 plates, singlets, raw counts of 2,000 HVGs."""
     adata = ad.read_h5ad(DATA / "cellbench_5cl_plates_singlets.h5ad")
     return hvg_counts(adata, batch_key="batch")
-
-
-#: How the paul15 model is trained for the trajectory tests (also what the tutorial does).
-PAUL15_TRAINING = {"n_top_genes": 1000, "n_latent": 10}
 
 
 @pytest.fixture(scope="session")

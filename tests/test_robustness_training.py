@@ -15,7 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import sclatent as sl
-from tests.robustness_helpers import assert_unchanged, snapshot
+
+from sclatent_test_helpers import assert_unchanged, snapshot
 
 
 @pytest.fixture

@@ -8,6 +8,11 @@ try:
 except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
+# isort: split
+# first, so that no dependency imports tqdm.auto before it is made quiet
+from . import _progress  # noqa: F401
+
+# isort: split
 from . import datasets, pl, pp, tl
 
 # torch, Lightning and scvi-tools take seconds to import: the modules that need them are
@@ -22,7 +27,7 @@ def __getattr__(name: str):
         return import_module(f".{name}", __name__)
     if name == "Autoencoder":
         return import_module(".models", __name__).Autoencoder
-    msg = f"module {__name__!r} has no attribute {name!r}"
+    msg = f"module {__name__!r} has no attribute {name!r}; pick one of {__all__}"
     raise AttributeError(msg)
 
 

@@ -8,6 +8,8 @@ import torch
 
 import sclatent as sl
 
+from sclatent_test_helpers import assert_names_fix
+
 
 @pytest.fixture
 def trained(pbmc_small):
@@ -44,19 +46,22 @@ def test_save_refuses_to_overwrite(trained, tmp_path):
 
 def test_load_errors(trained, tmp_path):
     model, _ = trained
-    with pytest.raises(FileNotFoundError, match=r"Autoencoder\.save"):
+    with pytest.raises(FileNotFoundError, match=r"pass the directory that `model\.save\(path\)` wrote") as raised:
         sl.models.Autoencoder.load(tmp_path / "nothing")
+    assert_names_fix(raised.value)
     model.save(tmp_path / "m")
     weights = tmp_path / "m" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ValueError, match="corrupted or truncated"):
+    with pytest.raises(ValueError, match="corrupted or truncated") as raised:
         sl.models.Autoencoder.load(tmp_path / "m")
+    assert_names_fix(raised.value)
     model.save(tmp_path / "m2")
     meta = json.loads((tmp_path / "m2" / "config.json").read_text())
     meta["format"] = 99
     (tmp_path / "m2" / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="format 99"):
+    with pytest.raises(ValueError, match="format 99") as raised:
         sl.models.Autoencoder.load(tmp_path / "m2")
+    assert_names_fix(raised.value)
 
 
 def test_new_data_genes_matched_by_name(trained):
@@ -132,7 +137,7 @@ def test_outputs_are_written_once_not_assembled_from_copies(trained):
     # numpy allocations are traced: the denoised matrix must exist once, not as chunks plus joined copies
     import tracemalloc
 
-    model, adata = trained
+    model, _ = trained
     tracemalloc.start()
     try:
         denoised = model.get_denoised()

@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import spearmanr
 
 import sclatent as sl
-from tests.conftest import PAUL15_TRAINING
+
+from sclatent_test_helpers import PAUL15_TRAINING
 
 ERYTHROID = ["7MEP", "6Ery", "5Ery", "4Ery", "3Ery", "2Ery", "1Ery"]  # rising haemoglobin
 MYELOID = {"9GMP": 0, "10GMP": 0, "14Mo": 1, "15Mo": 1, "16Neu": 1}

@@ -11,5 +11,5 @@ def __getattr__(name: str):
     # the model classes import torch and Lightning: only when first asked for (see sclatent/__init__.py)
     if name in ("Autoencoder", "default_max_epochs"):
         return getattr(import_module("._autoencoder", __name__), name)
-    msg = f"module {__name__!r} has no attribute {name!r}"
+    msg = f"module {__name__!r} has no attribute {name!r}; pick one of {__all__}"
     raise AttributeError(msg)

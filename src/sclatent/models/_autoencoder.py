@@ -393,9 +393,10 @@ class Autoencoder:
                     if best and best.best_epoch is not None
                     else "the last finite weights"
                 )
+                what = str(e).split(";")[0]  # the plan's own advice follows here, with the likelihood too
                 msg = (
-                    f"Training diverged: {e}. Try a lower learning_rate (e.g. {learning_rate / 10:g}), check the data "
-                    f"for extreme values or wrong units, or try likelihood='nb'. The model keeps {kept}."
+                    f"Training diverged: {what}. Try a lower learning_rate (e.g. {learning_rate / 10:g}), check the "
+                    f"data for extreme values or wrong units, or try likelihood='nb'. The model keeps {kept}."
                 )
                 raise FloatingPointError(msg) from None
         elapsed = time.perf_counter() - start
@@ -589,11 +590,11 @@ class Autoencoder:
         if transform_batch is not None:
             key = self.setup.batch_key
             if key is None:
-                msg = "transform_batch needs a model trained with batch_key."
+                msg = "transform_batch needs a model trained with batch_key; train with `batch_key=` or leave transform_batch=None."
                 raise ValueError(msg)
             cats = self.setup.categories[key]
             if str(transform_batch) not in cats:
-                msg = f"transform_batch={transform_batch!r} is not a category of {key!r}: {cats}."
+                msg = f"transform_batch={transform_batch!r} is not a category of {key!r}; pass one of {cats}."
                 raise ValueError(msg)
             target = cats.index(str(transform_batch))
         factor = library_size if self.module.likelihood.counts else 1.0
@@ -629,11 +630,11 @@ class Autoencoder:
         cat = np.zeros((len(z), len(self.setup.categorical_keys)), dtype=np.int64)
         if batch is not None:
             if self.setup.batch_key is None:
-                msg = "`batch` needs a model trained with batch_key."
+                msg = "`batch` needs a model trained with batch_key; train with `batch_key=` or leave batch=None."
                 raise ValueError(msg)
             cats = self.setup.categories[self.setup.batch_key]
             if str(batch) not in cats:
-                msg = f"batch={batch!r} is not a category of {self.setup.batch_key!r}: {cats}."
+                msg = f"batch={batch!r} is not a category of {self.setup.batch_key!r}; pass one of {cats}."
                 raise ValueError(msg)
             cat[:, 0] = cats.index(str(batch))
         cont = np.zeros((len(z), len(self.setup.continuous_covariate_keys)), dtype=np.float32)
@@ -685,20 +686,20 @@ class Autoencoder:
         try:
             meta = json.loads((path / _CONFIG_FILE).read_text())
         except FileNotFoundError:
-            msg = f"{path} has no {_CONFIG_FILE}; is it a directory written by Autoencoder.save?"
+            msg = f"{path} has no {_CONFIG_FILE}; pass the directory that `model.save(path)` wrote."
             raise FileNotFoundError(msg) from None
         except json.JSONDecodeError as e:
-            msg = f"{path / _CONFIG_FILE} is corrupted ({e})."
+            msg = f"{path / _CONFIG_FILE} is corrupted ({e}); save the model again with `model.save(path, overwrite=True)`."
             raise ValueError(msg) from None
         if meta.get("format") != _FORMAT:
-            msg = f"{path} was written in model format {meta.get('format')!r} (sclatent {meta.get('sclatent_version')}); this sclatent ({__version__}) reads format {_FORMAT}."
+            msg = f"{path} was written in model format {meta.get('format')!r} (sclatent {meta.get('sclatent_version')}); this sclatent ({__version__}) reads format {_FORMAT}. Load it with the sclatent version that wrote it, or train the model again."
             raise ValueError(msg)
         try:
             state = torch.load(path / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as e:
-            msg = f"{path / _WEIGHTS_FILE} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e})."
+            msg = f"{path / _WEIGHTS_FILE} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e}); save the model again with `model.save(path, overwrite=True)`."
             raise ValueError(msg) from None
         self = cls.__new__(cls)
         self.config = AutoencoderConfig(**meta["config"])

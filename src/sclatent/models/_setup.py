@@ -18,6 +18,11 @@ _CHUNK = 10_000
 _CHUNK_VALUES = 2**24
 
 
+def layer_names(adata: AnnData) -> list[str]:
+    """Return the names in ``adata.layers``, without the ``None`` that anndata ≥ 0.13 lists there for ``adata.X``."""
+    return [k for k in adata.layers if k is not None]
+
+
 def _matrix(adata: AnnData, layer: str | None):
     if layer is None:
         X = adata.X
@@ -26,7 +31,7 @@ def _matrix(adata: AnnData, layer: str | None):
             raise ValueError(msg)
         return X
     if layer not in adata.layers:
-        msg = f"layer {layer!r} not found in adata.layers (available: {list(adata.layers)}); pass an existing layer or `layer=None` for adata.X."
+        msg = f"layer {layer!r} not found in adata.layers (available: {layer_names(adata)}); pass an existing layer or `layer=None` for adata.X."
         raise KeyError(msg)
     return adata.layers[layer]
 
@@ -104,7 +109,7 @@ def check_values(X, *, layer: str | None, counts: bool) -> None:
 def _categorical(adata: AnnData, key: str) -> pd.Series:
     """Return the column, checked for missing values."""
     if key not in adata.obs:
-        msg = f"adata.obs has no column {key!r}, which the model was trained with."
+        msg = f"adata.obs has no column {key!r}, which the model was trained with; add it to adata.obs first."
         raise KeyError(msg)
     col = adata.obs[key]
     if col.isna().any():
@@ -116,11 +121,11 @@ def _categorical(adata: AnnData, key: str) -> pd.Series:
 def _continuous(adata: AnnData, key: str) -> np.ndarray:
     """Return the column as float64, checked to be finite numbers."""
     if key not in adata.obs:
-        msg = f"adata.obs has no column {key!r}, which the model was trained with."
+        msg = f"adata.obs has no column {key!r}, which the model was trained with; add it to adata.obs first."
         raise KeyError(msg)
     values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
-        msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text."
+        msg = f"adata.obs[{key!r}] must hold finite numbers for a continuous covariate; found NaN, inf or text. Convert it with `pd.to_numeric` and fill or drop the cells without a value, or pass it as a categorical covariate."
         raise ValueError(msg)
     return values
 
@@ -180,10 +185,10 @@ class DataSetup:
         keys = ([batch_key] if batch_key else []) + cat_keys + cont_keys
         missing = [k for k in keys if k not in adata.obs]
         if missing:
-            msg = f"key(s) {missing} not found in adata.obs (columns: {list(adata.obs.columns)})."
+            msg = f"key(s) {missing} not found in adata.obs (columns: {list(adata.obs.columns)}); pass existing columns or add them to adata.obs first."
             raise KeyError(msg)
         if len(set(keys)) != len(keys):
-            msg = f"the same obs column appears twice among batch_key and the covariate keys: {keys}."
+            msg = f"the same obs column appears twice among batch_key and the covariate keys: {keys}; pass each column once."
             raise ValueError(msg)
         categories = {}
         for key in ([batch_key] if batch_key else []) + cat_keys:
@@ -212,7 +217,7 @@ class DataSetup:
             continuous_std=std,
         )
         if adata.n_obs < MIN_CELLS:
-            msg = f"adata has {adata.n_obs} cells; training needs at least {MIN_CELLS}."
+            msg = f"adata has {adata.n_obs} cells; training needs at least {MIN_CELLS}. Pass more cells, e.g. less strictly filtered or several samples together."
             raise ValueError(msg)
         return setup
 
@@ -222,10 +227,10 @@ class DataSetup:
         Raises before any work on missing genes, unseen categories, bad values or empty cells.
         """
         if adata.n_obs == 0:
-            msg = "adata has no cells."
+            msg = "adata has no cells; pass an AnnData with cells (check the filtering or subsetting that emptied it)."
             raise ValueError(msg)
         if adata.n_vars == 0:
-            msg = "adata has no genes."
+            msg = "adata has no genes; pass an AnnData with genes (check the gene filtering or subsetting that emptied it, e.g. `adata[:, mask]` or `sc.pp.filter_genes`)."
             raise ValueError(msg)
         if not adata.var_names.is_unique:
             dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
@@ -237,7 +242,7 @@ class DataSetup:
             pos = adata.var_names.get_indexer(var_names)
             if (pos < 0).any():
                 missing = var_names[pos < 0]
-                msg = f"{len(missing)} of the model's {len(var_names)} genes are missing from adata.var_names (e.g. {missing[:5].tolist()}); the data must contain every gene the model was trained on."
+                msg = f"{len(missing)} of the model's {len(var_names)} genes are missing from adata.var_names (e.g. {missing[:5].tolist()}); use the gene names the model was trained with (`model.setup.var_names`), or train a model on the genes this data has."
                 raise ValueError(msg)
             X = X[:, pos]
         check_dtype(X, layer=self.layer)
@@ -254,7 +259,7 @@ class DataSetup:
             codes = pd.Categorical(values, categories=self.categories[key]).codes
             if (codes < 0).any():
                 unseen = sorted(set(values[codes < 0]))
-                msg = f"adata.obs[{key!r}] has categories the model was not trained on: {unseen[:10]}; known categories: {self.categories[key][:10]}."
+                msg = f"adata.obs[{key!r}] has categories the model was not trained on: {unseen[:10]}; known categories: {self.categories[key][:10]}. Keep only cells of known categories, or train a model that includes these."
                 raise ValueError(msg)
             cat[:, j] = codes
         cont = np.zeros((adata.n_obs, len(self.continuous_covariate_keys)), dtype=np.float32)

@@ -246,7 +246,7 @@ def register_likelihood(name: str):
 
     def decorator(cls: type[Likelihood]) -> type[Likelihood]:
         if not (isinstance(cls, type) and issubclass(cls, Likelihood)):
-            msg = f"register_likelihood expects a subclass of sclatent.module.Likelihood, got {cls!r}."
+            msg = f"register_likelihood expects a subclass of sclatent.module.Likelihood, got {cls!r}; pass a class that subclasses it."
             raise TypeError(msg)
         _LIKELIHOODS[name] = cls
         return cls

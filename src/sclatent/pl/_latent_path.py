@@ -55,7 +55,7 @@ def latent_path(
     else:
         missing = [g for g in genes if g not in path.var_names]
         if missing:
-            msg = f"genes not in the path's genes: {missing}."
+            msg = f"genes not in the path's genes: {missing}; pick genes from `path.var_names`."
             raise KeyError(msg)
         idx = path.var_names.get_indexer(list(genes))
     M = X[:, idx].T

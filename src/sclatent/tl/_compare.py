@@ -9,7 +9,7 @@ import pandas as pd
 import scanpy as sc
 from scanpy import logging as logg
 
-from ..models._setup import MIN_CELLS, check_values
+from ..models._setup import MIN_CELLS, check_values, layer_names
 from ._neighbors import require_rep
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def _import_scib_metrics():
 
 def _labels(adata: AnnData, key: str, what: str) -> np.ndarray:
     if key not in adata.obs:
-        msg = f"{what} {key!r} is not a column of adata.obs; columns are {list(adata.obs.columns)}."
+        msg = f"{what} {key!r} is not a column of adata.obs; pass one of {list(adata.obs.columns)}."
         raise KeyError(msg)
     values = adata.obs[key]
     if values.isna().any():
@@ -47,7 +47,7 @@ def _labels(adata: AnnData, key: str, what: str) -> np.ndarray:
         raise ValueError(msg)
     codes = pd.Categorical(values.astype(str)).codes
     if len(np.unique(codes)) < 2:
-        msg = f"adata.obs[{key!r}] has a single category; {what} needs at least two to score anything."
+        msg = f"adata.obs[{key!r}] has a single category; {what} needs at least two to score anything. Pass a column with two or more groups."
         raise ValueError(msg)
     return codes
 
@@ -55,7 +55,7 @@ def _labels(adata: AnnData, key: str, what: str) -> np.ndarray:
 def _pca_baseline(adata: AnnData, *, layer: str | None, n_comps: int, random_state: int) -> None:
     """``obsm['X_pca']`` from log-normalised counts (of ``layer`` or X), computed on a copy."""
     if layer is not None and layer not in adata.layers:
-        msg = f"layer {layer!r} not found; layers are {list(adata.layers)}."
+        msg = f"layer {layer!r} not found; pass one of {layer_names(adata)} or `layer=None` for adata.X."
         raise KeyError(msg)
     data = adata.layers[layer] if layer is not None else adata.X
     try:
@@ -175,7 +175,7 @@ def compare_embeddings(
     labels = _labels(adata, label_key, "label_key")
     batches = _labels(adata, batch_key, "batch_key") if batch_key is not None else None
     if adata.n_obs < MIN_CELLS:
-        msg = f"compare_embeddings needs at least {MIN_CELLS} cells; got {adata.n_obs}."
+        msg = f"compare_embeddings needs at least {MIN_CELLS} cells; got {adata.n_obs}. Pass more cells."
         raise ValueError(msg)
     if pca and "X_pca" not in keys:
         if "X_pca" not in adata.obsm:
@@ -183,7 +183,7 @@ def compare_embeddings(
         keys.append("X_pca")
     for key in keys:  # a user's own X_pca included
         if not np.isfinite(np.asarray(adata.obsm[key])).all():
-            msg = f"adata.obsm[{key!r}] has NaN or infinite values."
+            msg = f"adata.obsm[{key!r}] has NaN or infinite values; compute it again or leave it out of `keys`."
             raise ValueError(msg)
 
     start = logg.info(f"scoring {len(keys)} embeddings with scib-metrics")

@@ -17,11 +17,11 @@ def _lineage_masks(
 ) -> dict[str, np.ndarray]:
     if groupby is None:
         if lineages is not None:
-            msg = "`lineages` needs `groupby`, the obs column whose groups they list."
+            msg = "`lineages` needs `groupby`, the obs column whose groups they list; pass both or neither."
             raise ValueError(msg)
         return {"all": np.ones(adata.n_obs, dtype=bool)}
     if groupby not in adata.obs:
-        msg = f"{groupby!r} is not a column of adata.obs."
+        msg = f"{groupby!r} is not a column of adata.obs; pass one of {list(adata.obs.columns)}."
         raise KeyError(msg)
     labels = adata.obs[groupby].astype(str)
     if lineages is None:
@@ -30,7 +30,7 @@ def _lineage_masks(
     for name, groups in lineages.items():
         unknown = sorted(set(map(str, groups)) - set(labels))
         if unknown:
-            msg = f"lineage {name!r} lists groups not in adata.obs[{groupby!r}]: {unknown}."
+            msg = f"lineage {name!r} lists groups not in adata.obs[{groupby!r}]: {unknown}; pick groups from {sorted(labels.unique())[:20]}."
             raise ValueError(msg)
         masks[str(name)] = labels.isin([str(g) for g in groups]).to_numpy()
     return masks
@@ -94,7 +94,7 @@ def gene_trends(
     genes = [genes] if isinstance(genes, str) else list(genes)
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
-        msg = f"genes not in adata.var_names: {missing}."
+        msg = f"genes not in adata.var_names: {missing}; pass genes from adata.var_names."
         raise KeyError(msg)
     X = adata.layers[layer] if layer is not None else adata.X
     X = X[:, adata.var_names.get_indexer(genes)]
@@ -127,7 +127,7 @@ def gene_trends(
                 )
             )
     if not rows:
-        msg = "no lineage has two or more cells with a finite pseudotime."
+        msg = "no lineage has two or more cells with a finite pseudotime; run `sl.tl.pseudotime(adata)` from a root connected to the lineages' cells."
         raise ValueError(msg)
     df = pd.concat(rows, ignore_index=True)
     df["lineage"] = df["lineage"].astype("category")

@@ -21,7 +21,7 @@ def _endpoint(adata: ad.AnnData, latent: np.ndarray, spec, groupby: str | None) 
         labels = adata.obs[groupby].astype(str).to_numpy()
         members = np.flatnonzero(labels == str(spec))
         if members.size == 0:
-            msg = f"group {spec!r} not found in adata.obs[{groupby!r}]."
+            msg = f"group {spec!r} not found in adata.obs[{groupby!r}]; pass one of {sorted(set(labels))[:20]}."
             raise ValueError(msg)
         centroid = latent[members].mean(0)
         return int(members[np.argmin(((latent[members] - centroid) ** 2).sum(1))])
@@ -93,7 +93,7 @@ def latent_path(
             raise KeyError(msg)
         latent = np.asarray(adata.obsm[use_rep])
         if latent.shape[1] != model.config.n_latent:
-            msg = f"adata.obsm[{use_rep!r}] has {latent.shape[1]} dimensions; the model's latent has {model.config.n_latent}."
+            msg = f"adata.obsm[{use_rep!r}] has {latent.shape[1]} dimensions; the model's latent has {model.config.n_latent}. Pass `use_rep=` the latent this model wrote (e.g. 'X_sclatent')."
             raise ValueError(msg)
     if n_steps < 2:
         msg = "n_steps must be at least 2."

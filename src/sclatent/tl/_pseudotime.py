@@ -45,7 +45,7 @@ def _resolve_cell(adata: AnnData, cell: int | str) -> int:
         return int(pos)
     cell = int(cell)
     if not 0 <= cell < adata.n_obs:
-        msg = f"cell index {cell} is out of range for {adata.n_obs} cells."
+        msg = f"cell index {cell} is out of range for {adata.n_obs} cells; pass an index below {adata.n_obs} or a name in adata.obs_names."
         raise IndexError(msg)
     return cell
 
@@ -99,7 +99,7 @@ def root_cell(
         raise ValueError(msg)
     if gene is not None and groupby is None:
         if gene not in adata.var_names:
-            msg = f"gene {gene!r} is not in adata.var_names."
+            msg = f"gene {gene!r} is not in adata.var_names; pass a gene from adata.var_names."
             raise KeyError(msg)
         X = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
         col = X[:, adata.var_names.get_loc(gene)]
@@ -113,11 +113,11 @@ def root_cell(
         dc1 = _diffmap(adata, key, 10, random_state).obsm["X_diffmap"][:, 1]
         if groupby is not None:
             if groupby not in adata.obs:
-                msg = f"{groupby!r} is not a column of adata.obs."
+                msg = f"{groupby!r} is not a column of adata.obs; pass one of {list(adata.obs.columns)}."
                 raise KeyError(msg)
             in_group = (adata.obs[groupby].astype(str) == str(group)).to_numpy()
             if not in_group.any():
-                msg = f"group {group!r} not found in adata.obs[{groupby!r}]."
+                msg = f"group {group!r} not found in adata.obs[{groupby!r}]; pass one of {sorted(adata.obs[groupby].astype(str).unique())[:20]}."
                 raise ValueError(msg)
             pos = np.flatnonzero(in_group)
             side = np.sign(np.median(dc1[in_group]) - np.median(dc1)) or 1.0

@@ -6,7 +6,8 @@ import math
 from typing import TYPE_CHECKING
 
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ProgressBar
-from tqdm.auto import tqdm
+
+from .._progress import tqdm
 
 if TYPE_CHECKING:
     import lightning as L

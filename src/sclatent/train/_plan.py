@@ -68,7 +68,10 @@ class TrainingPlan(L.LightningModule):
         if out.loss.device.type == "cpu":
             if not torch.isfinite(out.loss):
                 # stop before the optimiser step, so the weights stay finite
-                msg = f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}"
+                msg = (
+                    f"the training loss became {out.loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                    f"lower the learning_rate (e.g. {self.learning_rate / 10:g}) or check the data for extreme values"
+                )
                 raise FloatingPointError(msg)
         else:
             # on a GPU a per-step check would wait for the device every step: count and check once per epoch
@@ -93,7 +96,10 @@ class TrainingPlan(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if int(self._nonfinite):
-            msg = f"the training loss became NaN or infinite in {int(self._nonfinite)} steps of epoch {self.current_epoch}"
+            msg = (
+                f"the training loss became NaN or infinite in {int(self._nonfinite)} steps of epoch {self.current_epoch}; "
+                f"lower the learning_rate (e.g. {self.learning_rate / 10:g}) or check the data for extreme values"
+            )
             raise FloatingPointError(msg)
         value = self._epoch_mean("train")
         self.history["train_loss"].append(value)
