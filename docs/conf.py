@@ -39,7 +39,7 @@ napoleon_use_rtype = True
 # resolved: intersphinx needs their inventories from the network, which the build may not reach.
 nitpicky = True
 _EXTERNAL = (
-    r"(anndata|scanpy|sc|pandas|pd|numpy|np|torch|lightning|pytorch_lightning|scipy|sp|matplotlib|scvi|"
+    r"(anndata|ad|scanpy|sc|pandas|pd|numpy|np|torch|lightning|pytorch_lightning|scipy|sp|matplotlib|scvi|"
     r"scib_metrics|harmonypy|collections|pathlib|datetime|typing|os|enum|dataclasses)(\..*)?"
 )
 nitpick_ignore_regex = [
