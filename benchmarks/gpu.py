@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.scale import ARCH, EpochTimer, resample
+from benchmarks.scale import ARCH, EpochTimer, fit_settings, resample, scvi_train_settings
 
 N_CELLS = 1_000_000
 EPOCHS = 3
@@ -31,17 +31,8 @@ def fit_sclatent(adata, batch_size: int, resident: bool) -> list[float]:
     _autoencoder.GPU_DATA_FRACTION = fraction if resident else 0.0
     try:
         timer = EpochTimer()
-        sl.models.Autoencoder(adata, likelihood="zinb", **ARCH).fit(
-            max_epochs=EPOCHS,
-            batch_size=batch_size,
-            learning_rate=1e-3,
-            validation_fraction=0.0,
-            early_stopping=False,
-            progress_bar=False,
-            accelerator="gpu",
-            devices=1,
-            callbacks=[timer],
-        )
+        model = sl.models.Autoencoder(adata, likelihood="zinb", **ARCH)
+        model.fit(**fit_settings(EPOCHS, batch_size, timer), accelerator="gpu", devices=1)
     finally:
         _autoencoder.GPU_DATA_FRACTION = fraction
     return timer.times
@@ -52,18 +43,8 @@ def fit_scvi(adata, batch_size: int) -> list[float]:
 
     timer = EpochTimer()
     scvi.model.SCVI.setup_anndata(adata)
-    scvi.model.SCVI(adata, gene_likelihood="zinb", **ARCH).train(
-        max_epochs=EPOCHS,
-        batch_size=batch_size,
-        train_size=1.0,
-        early_stopping=False,
-        check_val_every_n_epoch=None,
-        enable_progress_bar=False,
-        plan_kwargs={"lr": 1e-3},
-        accelerator="gpu",
-        devices=1,
-        callbacks=[timer],
-    )
+    model = scvi.model.SCVI(adata, gene_likelihood="zinb", **ARCH)
+    model.train(**scvi_train_settings(EPOCHS, batch_size, timer), accelerator="gpu", devices=1)
     return timer.times
 
 

@@ -72,6 +72,33 @@ class EpochTimer(Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def fit_settings(epochs: int, batch_size: int, timer: EpochTimer) -> dict:
+    """``Autoencoder.fit`` arguments of every timed sclatent run: no validation, no early stopping."""
+    return {
+        "max_epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": 1e-3,
+        "validation_fraction": 0.0,
+        "early_stopping": False,
+        "progress_bar": False,
+        "callbacks": [timer],
+    }
+
+
+def scvi_train_settings(epochs: int, batch_size: int, timer: EpochTimer) -> dict:
+    """``SCVI.train`` arguments of every timed scVI run, the same as :func:`fit_settings`."""
+    return {
+        "max_epochs": epochs,
+        "batch_size": batch_size,
+        "train_size": 1.0,
+        "early_stopping": False,
+        "check_val_every_n_epoch": None,
+        "enable_progress_bar": False,
+        "plan_kwargs": {"lr": 1e-3},
+        "callbacks": [timer],
+    }
+
+
 def loading_only(model, n_cells: int) -> float:
     """Seconds for one pass of sclatent's training data loader, with no model work."""
     from sclatent.train import make_loader
@@ -131,15 +158,7 @@ def worker(tool: str, n_cells: int, epochs: int, profile: bool) -> dict:
         model = sl.models.Autoencoder(adata, likelihood="zinb", **ARCH)
         setup_s = time.perf_counter() - start
         with PeakRSS() as mem:
-            model.fit(
-                max_epochs=epochs,
-                batch_size=DEFAULT_BATCH_SIZE if tool == "sclatent-default" else BATCH_SIZE,
-                learning_rate=1e-3,
-                validation_fraction=0.0,
-                early_stopping=False,
-                progress_bar=False,
-                callbacks=[timer],
-            )
+            model.fit(**fit_settings(epochs, DEFAULT_BATCH_SIZE if tool == "sclatent-default" else BATCH_SIZE, timer))
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before profiling
         if profile:
             out["loading_only_s"] = loading_only(model, n_cells)
@@ -152,16 +171,7 @@ def worker(tool: str, n_cells: int, epochs: int, profile: bool) -> dict:
         model = scvi.model.SCVI(adata, gene_likelihood="zinb", **ARCH)
         setup_s = time.perf_counter() - start
         with PeakRSS() as mem:
-            model.train(
-                max_epochs=epochs,
-                batch_size=BATCH_SIZE,
-                train_size=1.0,
-                early_stopping=False,
-                check_val_every_n_epoch=None,
-                enable_progress_bar=False,
-                plan_kwargs={"lr": 1e-3},
-                callbacks=[timer],
-            )
+            model.train(**scvi_train_settings(epochs, BATCH_SIZE, timer))
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out | {
         "epochs": epochs,
