@@ -7,7 +7,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 HTML := docs/_build/html
 
-.PHONY: install demo test test-quick tutorials docs docs-check browser test-all lint format bench clean
+# The second environment: the newest Python found (pyenv's or on PATH: 3.13, else 3.12, else python3; or NEWEST_PYTHON)
+# with the newest release of every dependency, for the test suite only.
+NEWEST_VENV ?= .venv-newest
+NEWEST_PYTHON ?=
+NEWEST_PY := $(NEWEST_VENV)/bin/python
+NEWEST_STAMP := $(NEWEST_VENV)/.installed
+VERSIONS := import sys, importlib.metadata as m; print("Python", sys.version.split()[0], "|", ", ".join( \
+  f"{d} {m.version(d)}" for d in ("torch", "lightning", "anndata", "scanpy", "scvi-tools", "pandas", "numpy", "scipy")))
+
+.PHONY: install demo test test-quick test-newest tutorials docs docs-check browser test-all lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +26,24 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The newest torch from PyPI, a CUDA build on Linux (about 4.7 GB; the CPU-only builds are not on PyPI).
+$(NEWEST_STAMP): pyproject.toml
+	@py="$(NEWEST_PYTHON)"; \
+	for v in 3.13 3.12; do \
+	  [ -n "$$py" ] && break; \
+	  for p in $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python3 2>/dev/null | sort -V | tail -n 1) \
+	           $$(command -v python$$v); do \
+	    [ "$$("$$p" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$$v" ] && { py="$$p"; break; }; \
+	  done; \
+	done; \
+	[ -n "$$py" ] || { py=$$(command -v python3); echo "test-newest: no Python 3.13 or 3.12 found (NEWEST_PYTHON=... names one)"; }; \
+	echo "test-newest: $$("$$py" --version) from $$py"; \
+	rm -rf $(NEWEST_VENV) && "$$py" -m venv $(NEWEST_VENV)
+	$(NEWEST_PY) -m pip install --quiet --upgrade pip
+	$(NEWEST_PY) -m pip install --quiet --upgrade torch
+	$(NEWEST_PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[test]"
+	touch $@
 
 demo: $(STAMP)
 	$(PY) -m sclatent.demo --output demo_output
@@ -28,6 +55,11 @@ test: test-quick tutorials docs docs-check
 # Linters and the test suite only (a few minutes).
 test-quick: lint
 	$(PY) -m pytest
+
+# The test suite in the second environment (newest Python and dependencies); CI runs it after `make test`.
+test-newest: $(NEWEST_STAMP)
+	@echo "test-newest: $$($(NEWEST_PY) -c '$(VERSIONS)')"
+	$(NEWEST_PY) -m pytest
 
 tutorials: $(STAMP)
 	$(PY) -m pytest --nbmake --nbmake-timeout=1800 tutorials -o addopts="" -o filterwarnings=""
@@ -59,4 +91,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache docs/_build docs/generated
+	rm -rf $(VENV) $(NEWEST_VENV) demo_output .pytest_cache .ruff_cache docs/_build docs/generated

@@ -4,6 +4,7 @@ import matplotlib as mpl
 import numpy as np
 import pytest
 import scanpy as sc
+from benchmarks.scale import resample
 from sklearn.metrics import adjusted_rand_score
 
 import sclatent as sl
@@ -17,6 +18,20 @@ def test_cellbench_5_lines_recovered(cellbench_5cl):
     sl.tl.leiden(adata, resolution=0.2)
     ari = adjusted_rand_score(adata.obs["cell_line_demuxlet"], adata.obs["sclatent_leiden"])
     assert ari >= 0.9, f"ARI {ari:.3f}, {adata.obs['sclatent_leiden'].nunique()} clusters"
+
+
+def test_leiden_on_more_than_8k_cells():
+    # scanpy's neighbors fails from about 8k cells with pynndescent 0.7 and scipy >= 1.17 ('csr_array' object has
+    # no attribute 'getnnz'); this test fails there, which is why pyproject.toml pins pynndescent<0.7
+    adata = resample(9_000, seed=0, chunk=9_000)  # PBMC 3k cells resampled with Poisson noise
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.pca(adata, n_comps=10, random_state=0)
+    sl.tl.leiden(adata, use_rep="X_pca", resolution=0.5, neighbors_key="knn")  # above 8,192 cells: pynndescent
+    graph = adata.obsp["knn_distances"]
+    assert graph.shape == (9_000, 9_000)
+    assert np.diff(graph.indptr).min() >= 14  # every cell has its neighbours (15, the cell itself included)
+    assert adata.obs["sclatent_leiden"].nunique() >= 5
 
 
 @pytest.fixture
