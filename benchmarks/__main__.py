@@ -15,7 +15,7 @@ PAGES = {
     "speed": ("Speed against scVI on PBMC 3k", autoencode_vs_scvi.main),
     "quality": ("Latent quality on every data set: sclatent, scVI, PCA, Harmony", quality.main),
     "trajectory": ("Pseudotime on paul15: sclatent against scanpy's DPT", trajectory.main),
-    "scale": ("Cost against cells: 10k, 100k and 1M cells", scale.main),
+    "scale": ("Cost against cells: 4k, 10k, 100k and 1M cells", scale.main),
 }
 
 
