@@ -91,7 +91,7 @@ def _distribution(optuna, name: str, spec) -> optuna.distributions.BaseDistribut
     if isinstance(spec, list):
         choices = [c.item() if isinstance(c, np.generic) else c for c in spec]
         if not choices or not all(c is None or isinstance(c, bool | int | float | str) for c in choices):
-            msg = f"search_space[{name!r}] must hold at least one choice, each None, a bool, a number or a string; got {spec!r}."
+            msg = f"search_space[{name!r}] must be a non-empty list of choices, each None, a bool, a number or a string; got {spec!r}."
             raise ValueError(msg)
         return dist.CategoricalDistribution(choices)
     if isinstance(spec, tuple) and len(spec) in (2, 3):
@@ -100,12 +100,12 @@ def _distribution(optuna, name: str, spec) -> optuna.distributions.BaseDistribut
         if numeric and scale in ([], ["log"]) and low < high:
             log = scale == ["log"]
             if log and low <= 0:
-                msg = f"search_space[{name!r}] = {spec!r}: a log scale needs low > 0."
+                msg = f"search_space[{name!r}] = {spec!r}: use low > 0 for a log scale, or drop 'log'."
                 raise ValueError(msg)
             if isinstance(low, numbers.Integral) and isinstance(high, numbers.Integral):
                 return dist.IntDistribution(int(low), int(high), log=log)
             return dist.FloatDistribution(float(low), float(high), log=log)
-    msg = f"search_space[{name!r}] = {spec!r} is not a range or choices; write {_SPACE_FORMAT}, with low < high."
+    msg = f"search_space[{name!r}] = {spec!r} is not a range or choices; use {_SPACE_FORMAT}, with low < high."
     raise ValueError(msg)
 
 
@@ -135,7 +135,7 @@ def _check_autoencode_kwargs(kwargs: Mapping) -> None:
     parameters = AUTOENCODE_PARAMETERS
     for name in kwargs:
         if name not in parameters or name == "adata":
-            msg = f"sl.tl.tune got an unexpected keyword argument {name!r}; it passes on only parameters of sl.tl.autoencode."
+            msg = f"sl.tl.tune got an unexpected keyword argument {name!r}; pass only parameters of sl.tl.autoencode."
             raise TypeError(msg)
         if name in ("copy", "return_model"):
             msg = f"sl.tl.tune writes its results into adata and has no {name!r}; call it on `adata.copy()` to keep adata as it is."
@@ -173,7 +173,7 @@ def _check_metric(adata: AnnData, metric, label_key: str | None, batch_key: str 
     if batch_key is not None:
         _labels(adata, batch_key, "batch_key")
     if adata.n_obs < MIN_CELLS:
-        msg = f"metric={metric!r} needs at least {MIN_CELLS} cells to score; got {adata.n_obs}."
+        msg = f"metric={metric!r} needs at least {MIN_CELLS} cells to score, got {adata.n_obs}; add cells or use metric='validation_loss'."
         raise ValueError(msg)
 
 
@@ -413,7 +413,7 @@ def tune(
     """
     optuna, PruningCallback = _import_optuna()  # fail before any work when the extra is missing
     if n_trials is None and timeout is None:
-        msg = "n_trials=None runs until `timeout`; give a timeout (seconds) or a number of trials."
+        msg = "n_trials=None runs until `timeout`; pass timeout= (seconds) or a number of trials."
         raise ValueError(msg)
     if n_trials is not None and (
         not isinstance(n_trials, numbers.Integral) or isinstance(n_trials, bool) or n_trials < 1
@@ -475,7 +475,7 @@ def tune(
         if len(reported.intermediate_values) != validated:
             msg = (
                 f"the pruning callback saw {len(reported.intermediate_values)} of {validated} validation losses: "
-                "the model no longer logs 'validation_loss' (a bug in sclatent; please report it)."
+                "the model no longer logs 'validation_loss'. This is a bug in sclatent: please report it, and use sl.tl.autoencode meanwhile."
             )
             raise RuntimeError(msg)
         if metric == "validation_loss":
