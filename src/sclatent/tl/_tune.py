@@ -467,8 +467,7 @@ def tune(
         if info["stop_reason"] == "interrupted":
             interrupted.add(trial.number)
             trial.study.stop()
-            msg = "interrupted"
-            raise optuna.TrialPruned(msg)
+            raise optuna.TrialPruned("stopped by an interrupt")  # not an error: ends the trial, recorded as such
         # the callback only warns when the name it watches is not logged: check that it saw every validation loss
         reported = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         validated = int(np.isfinite(model.history["validation_loss"].to_numpy()).sum())
