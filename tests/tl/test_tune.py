@@ -30,7 +30,7 @@ needs_scib_metrics = pytest.mark.skipif(scib_metrics is None, reason="needs scib
 mpl.use("Agg")
 
 #: A short search: the first 5 trials run in full, later ones can be pruned from epoch 10 (pruner="median").
-SEARCH = {"n_trials": 8, "max_epochs": 14, "random_state": 0}
+SEARCH = {"n_trials": 7, "max_epochs": 12, "random_state": 0}
 
 
 @pytest.fixture(scope="module")
