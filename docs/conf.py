@@ -40,7 +40,7 @@ napoleon_use_rtype = True
 nitpicky = True
 _EXTERNAL = (
     r"(anndata|ad|scanpy|sc|pandas|pd|numpy|np|torch|lightning|pytorch_lightning|scipy|sp|matplotlib|scvi|"
-    r"scib_metrics|harmonypy|collections|pathlib|datetime|typing|os|enum|dataclasses)(\..*)?"
+    r"scib_metrics|harmonypy|optuna|collections|pathlib|datetime|typing|os|enum|dataclasses)(\..*)?"
 )
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL),

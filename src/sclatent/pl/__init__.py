@@ -4,5 +4,6 @@ from ._compare import compare_embeddings
 from ._gene_trends import gene_trends
 from ._history import history
 from ._latent_path import latent_path
+from ._tune import tune
 
-__all__ = ["compare_embeddings", "gene_trends", "history", "latent_path"]
+__all__ = ["compare_embeddings", "gene_trends", "history", "latent_path", "tune"]

@@ -7,6 +7,7 @@ from ._gene_trends import gene_trends
 from ._latent_path import latent_path
 from ._leiden import leiden
 from ._pseudotime import paga, pseudotime, root_cell
+from ._tune import tune
 from ._umap import umap
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "paga",
     "pseudotime",
     "root_cell",
+    "tune",
     "umap",
 ]

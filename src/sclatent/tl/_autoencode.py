@@ -66,6 +66,7 @@ def autoencode(
     batch_size: int = 256,
     learning_rate: float = 2e-3,
     weight_decay: float = 1e-6,
+    kl_warmup_epochs: int | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     random_state: int = 0,
@@ -126,6 +127,9 @@ def autoencode(
         Adam's learning rate.
     weight_decay
         Adam's weight decay.
+    kl_warmup_epochs
+        Epochs over which the KL weight rises linearly from 0 to 1 (``variational=True``); by
+        default a quarter of ``max_epochs``, at most 100.
     accelerator
         Lightning's accelerator: ``"auto"`` uses a GPU when there is one, ``"cpu"`` or ``"gpu"``.
     devices
@@ -219,6 +223,7 @@ def autoencode(
         batch_size=batch_size,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
+        kl_warmup_epochs=kl_warmup_epochs,
         accelerator=accelerator,
         devices=devices,
         progress_bar=progress_bar,
