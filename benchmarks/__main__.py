@@ -1,6 +1,7 @@
 """All benchmarks, one after the other, each page written to ``docs/benchmarks/``.
 
-Run:  python -m benchmarks  (``make bench``); ``--only quality scale`` runs some of them.
+Run:  python -m benchmarks  (``make bench``); ``--only quality scale`` runs some of them. Further
+options go to each benchmark, e.g. ``--only quality --methods sclatent`` reruns sclatent alone.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(PAGES), default=list(PAGES))
     parser.add_argument("--output-dir", type=Path, default=Path("docs/benchmarks"))
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         title, run = PAGES[name]
         path = args.output_dir / f"{name}.md"
         start = time.perf_counter()
-        body = run(["--output", str(path)])
+        body = run(["--output", str(path), *rest])
         minutes = (time.perf_counter() - start) / 60
         header = [
             f"# {title}",

@@ -88,22 +88,27 @@ def harmony(adata: ad.AnnData, keys: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def sclatent(adata: ad.AnnData, ds: Dataset) -> float:
+def sclatent(adata: ad.AnnData, ds: Dataset, seed: int = 0, key: str = "sclatent", **kwargs) -> float:
+    """``obsm[f'X_{key}']``: ``sl.tl.autoencode`` with its defaults (``kwargs`` override them). Returns seconds."""
     start = time.perf_counter()
     sl.tl.autoencode(
         adata,
         batch_key=ds.model_batch,
         categorical_covariate_keys=ds.covariates or None,
+        random_state=seed,
+        key_added=key,
         progress_bar=False,
         denoise=False,
+        **kwargs,
     )
     return time.perf_counter() - start
 
 
-def scvi_fit(adata: ad.AnnData, ds: Dataset) -> float:
+def scvi_fit(adata: ad.AnnData, ds: Dataset, seed: int = 0) -> float:
+    """``obsm['X_scVI']``: scvi-tools' ``SCVI`` with its defaults. Returns seconds."""
     import scvi
 
-    scvi.settings.seed = 0
+    scvi.settings.seed = seed
     a = adata.copy()
     start = time.perf_counter()
     scvi.model.SCVI.setup_anndata(a, batch_key=ds.model_batch, categorical_covariate_keys=ds.covariates or None)
@@ -113,19 +118,37 @@ def scvi_fit(adata: ad.AnnData, ds: Dataset) -> float:
     return time.perf_counter() - start
 
 
-def run_dataset(ds: Dataset) -> pd.DataFrame:
-    adata = load(ds.name)
-    print(f"{ds.name}: {adata.n_obs} cells × {adata.n_vars} genes", flush=True)
-    times = {"X_pca": pca(adata), "X_sclatent": sclatent(adata, ds), "X_scVI": scvi_fit(adata, ds)}
-    if ds.batch_key is not None:
-        times["X_harmony"] = harmony(adata, [ds.model_batch, *ds.covariates])
-    print("    fit seconds:", {k: round(v, 1) for k, v in times.items()}, flush=True)
-    keys = [k for k in ("X_sclatent", "X_scVI", "X_harmony") if k in adata.obsm]
-    df = sl.tl.compare_embeddings(adata, keys, label_key=ds.label_key, batch_key=ds.batch_key, pca=True)
+def score(adata: ad.AnnData, ds: Dataset, times: dict[str, float], *, pca: bool) -> pd.DataFrame:
+    """``compare_embeddings`` on the embeddings in ``times`` (plus PCA when ``pca``), with their fit seconds as rows."""
+    keys = [k for k in times if k != "X_pca"]
+    df = sl.tl.compare_embeddings(adata, keys, label_key=ds.label_key, batch_key=ds.batch_key, pca=pca)
     time_rows = pd.DataFrame(
         {"embedding": list(times), "category": "time", "metric": "fit seconds", "value": list(times.values())}
     )
-    out = pd.concat([df, time_rows], ignore_index=True)
+    return pd.concat([df, time_rows], ignore_index=True)
+
+
+def run_dataset(ds: Dataset, seeds: list[int], methods: list[str]) -> pd.DataFrame:
+    """Every method on one data set, the seeded ones (sclatent, scVI) once per seed; PCA and Harmony once."""
+    adata = load(ds.name)
+    print(f"{ds.name}: {adata.n_obs} cells × {adata.n_vars} genes", flush=True)
+    parts = []
+    times = {"X_pca": pca(adata)}
+    if "Harmony" in methods and ds.batch_key is not None:
+        times["X_harmony"] = harmony(adata, [ds.model_batch, *ds.covariates])
+    for seed in seeds:
+        if "sclatent" in methods:
+            times["X_sclatent"] = sclatent(adata, ds, seed)
+        if "scVI" in methods:
+            times["X_scVI"] = scvi_fit(adata, ds, seed)
+        print(f"    seed {seed}, fit seconds:", {k: round(v, 1) for k, v in times.items()}, flush=True)
+        if "PCA" not in methods and "X_pca" in times:
+            del times["X_pca"]
+        part = score(adata, ds, times, pca="X_pca" in times)
+        part["seed"] = seed
+        parts.append(part)
+        times = {}  # PCA and Harmony do not depend on the seed: scored with the first one only
+    out = pd.concat(parts, ignore_index=True)
     out.insert(0, "dataset", ds.name)
     out.attrs["shape"] = adata.shape
     return out
@@ -158,7 +181,9 @@ def report(results: pd.DataFrame, shapes: dict[str, tuple[int, int]], figure: st
         r = results[results["dataset"] == ds.name]
         if r.empty:
             continue
-        table = r.pivot_table(index=["category", "metric"], columns="method", values="value", sort=False)
+        table = r.pivot_table(
+            index=["category", "metric"], columns="method", values="value", sort=False, aggfunc="median"
+        )
         table = table[[m for m in METHODS if m in table.columns]]
         n_obs, n_vars = shapes[ds.name]
         how = f"batch for the metrics: `{ds.batch_key}`" if ds.batch_key else "no batches (bio conservation only)"
@@ -178,7 +203,9 @@ def report(results: pd.DataFrame, shapes: dict[str, tuple[int, int]], figure: st
             lines.append(f"| {category} | {metric} | " + " | ".join(cells) + " |")
         lines.append("")
     totals = results[results["metric"].isin(["total", "bio conservation"]) & (results["category"] == "aggregate")]
-    summary = totals.pivot_table(index=["dataset", "metric"], columns="method", values="value", sort=False)
+    summary = totals.pivot_table(
+        index=["dataset", "metric"], columns="method", values="value", sort=False, aggfunc="median"
+    )
     summary = summary[[m for m in METHODS if m in summary.columns]]
     lines += [
         "## Summary",
@@ -200,7 +227,7 @@ def plot(results: pd.DataFrame, path: Path) -> None:
 
     totals = results[(results["category"] == "aggregate") & (results["metric"] == "total")]
     totals = totals.assign(method=totals["embedding"].map(NAMES))
-    table = totals.pivot_table(index="dataset", columns="method", values="value", sort=False)
+    table = totals.pivot_table(index="dataset", columns="method", values="value", sort=False, aggfunc="median")
     table = table[[m for m in METHODS if m in table.columns]]
     ax = table.plot.bar(figsize=(9, 4), width=0.8, rot=15)
     ax.set_ylabel("aggregate score (0.6 bio + 0.4 batch;\nbio alone without batches)")
@@ -214,6 +241,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=None, help="markdown file; the plot goes next to it")
     parser.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of sclatent and scVI")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=METHODS,
+        help="methods to run; with --output, the other methods' rows are kept from its .csv",
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     for name in ("scvi", "lightning.pytorch", "harmonypy", "jax", "scib_metrics"):
@@ -222,12 +257,25 @@ def main(argv: list[str] | None = None) -> list[str]:
     parts, shapes = [], {}
     for ds in DATASETS:
         if ds.name in args.datasets:
-            part = run_dataset(ds)
+            part = run_dataset(ds, args.seeds, args.methods)
             shapes[ds.name] = part.attrs["shape"]
             parts.append(part)
     results = pd.concat(parts, ignore_index=True)
+    kept = args.output.with_suffix(".csv") if args.output else None
+    if set(args.methods) != set(METHODS) and kept is not None and kept.exists():
+        old = pd.read_csv(kept)
+        run = {k for k, v in NAMES.items() if v in args.methods}
+        old = old[~old["embedding"].isin(run) & old["dataset"].isin(args.datasets)]
+        print(f"kept {len(old)} rows of {sorted(set(old['embedding']))} from {kept}", flush=True)
+        results = pd.concat([old, results], ignore_index=True)
     figure = "quality.png"
-    lines = report(results, shapes, figure)
+    seeds = ", ".join(str(x) for x in sorted(results["seed"].dropna().unique().astype(int)))
+    lines = [
+        f"Each seeded method (sclatent, scVI) ran with seeds {seeds}; every number is the median over them. "
+        "PCA and Harmony do not depend on the seed and ran once.",
+        "",
+        *report(results, shapes, figure),
+    ]
     print("\n".join(lines))
     if args.output:
         plot(results, args.output.parent / figure)

@@ -147,3 +147,34 @@ def test_outputs_are_written_once_not_assembled_from_copies(trained):
     assert denoised.flags["C_CONTIGUOUS"]
     assert denoised.dtype == np.float32
     assert peak < 1.3 * denoised.nbytes, f"peak {peak} bytes for a {denoised.nbytes}-byte result"
+
+
+def test_decoder_only_covariates_hide_the_batch_from_the_encoder(pbmc_small):
+    model = sl.models.Autoencoder(pbmc_small, batch_key="donor_batch", encode_covariates=False)
+    assert model.module.encoder.body.n_cov == 0
+    assert model.module.decoder.n_cov == 2
+    model.fit(max_epochs=2, progress_bar=False)
+    # the latent of a cell does not depend on the batch it is said to be from; its denoised expression does
+    other = pbmc_small.copy()
+    other.obs["donor_batch"] = other.obs["donor_batch"].map({"a": "b", "b": "a"}).astype("category")
+    np.testing.assert_array_equal(model.get_latent(other), model.get_latent())
+    assert not np.allclose(model.get_denoised(other), model.get_denoised())
+
+
+def test_model_files_without_the_newer_settings_load(trained, tmp_path):
+    model, adata = trained
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("norm", "encode_covariates"):  # as in files written before these settings were saved
+        del meta["config"][key]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    loaded = sl.models.Autoencoder.load(tmp_path / "m", adata)
+    assert loaded.config.norm == "batch"
+    assert loaded.config.encode_covariates
+    np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+
+
+def test_unknown_norm_fails_before_reading_the_data(pbmc_small):
+    with pytest.raises(ValueError, match="norm must be one of") as raised:
+        sl.models.Autoencoder(pbmc_small, norm="group")
+    assert_names_fix(raised.value)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.pt"
 _FORMAT = 1
+_NORMS = ("batch", "layer", "none")
+#: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
+_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True}
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -150,6 +153,11 @@ class Autoencoder:
         Dropout in the encoder.
     variational
         A VAE with KL warm-up (``True``) or a deterministic autoencoder like DCA (``False``).
+    norm
+        Normalisation of the hidden layers: ``"batch"``, ``"layer"`` or ``"none"``.
+    encode_covariates
+        Feed the covariates to the encoder too (``True``), or only to the decoder (``False``,
+        as scvi-tools does by default).
     random_state
         Seed for the weights, the validation split, the minibatch order and the sampling noise.
 
@@ -175,9 +183,14 @@ class Autoencoder:
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         variational: bool = True,
+        norm: str = "batch",
+        encode_covariates: bool = True,
         random_state: int = 0,
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)
+        if norm not in _NORMS:
+            msg = f"norm must be one of {list(_NORMS)}, got {norm!r}; pass one of them."
+            raise ValueError(msg)
         for name, value, low in (("n_latent", n_latent, 1), ("n_hidden", n_hidden, 1), ("n_layers", n_layers, 1)):
             if not isinstance(value, int | np.integer) or value < low:
                 msg = f"{name} must be an integer ≥ {low}, got {value!r}."
@@ -203,6 +216,8 @@ class Autoencoder:
             dropout_rate=float(dropout_rate),
             likelihood=likelihood,
             variational=variational,
+            norm=norm,
+            encode_covariates=bool(encode_covariates),
             n_categories=self.setup.n_categories,
             n_continuous=len(self.setup.continuous_covariate_keys),
         )
@@ -702,7 +717,8 @@ class Autoencoder:
             msg = f"{path / _WEIGHTS_FILE} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e}); save the model again with `model.save(path, overwrite=True)`."
             raise ValueError(msg) from None
         self = cls.__new__(cls)
-        self.config = AutoencoderConfig(**meta["config"])
+        # files written before a setting existed were trained with its behaviour then, whatever today's default
+        self.config = AutoencoderConfig(**(_SETTINGS_BEFORE_SAVED | meta["config"]))
         self.setup = DataSetup(**meta["setup"])
         self.random_state = meta["random_state"]
         self.module = AutoencoderModule(self.config)

@@ -42,6 +42,10 @@ class AutoencoderConfig:
         Number of continuous covariates.
     norm
         Normalisation of the hidden layers: ``"batch"``, ``"layer"`` or ``"none"``.
+    encode_covariates
+        Feed the covariates to the encoder as well as to the decoder. With ``False`` only the
+        decoder sees them (scvi-tools' default), so the encoder must explain each cell
+        without knowing its batch.
     """
 
     n_genes: int
@@ -54,6 +58,7 @@ class AutoencoderConfig:
     n_categories: list[int] = field(default_factory=list)
     n_continuous: int = 0
     norm: str = "batch"
+    encode_covariates: bool = True
 
     @property
     def n_covariates(self) -> int:
@@ -97,7 +102,7 @@ class AutoencoderModule(nn.Module):
             config.n_genes,
             config.n_latent,
             n_hidden=config.n_hidden,
-            n_cov=n_cov,
+            n_cov=n_cov if config.encode_covariates else 0,
             n_layers=config.n_layers,
             dropout_rate=config.dropout_rate,
             norm=config.norm,
@@ -116,7 +121,7 @@ class AutoencoderModule(nn.Module):
 
     def encode(self, x: torch.Tensor, cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent (variance is 0 for a deterministic autoencoder)."""
-        mean, var = self.encoder(self.likelihood.encoder_input(x), cov)
+        mean, var = self.encoder(self.likelihood.encoder_input(x), cov if self.config.encode_covariates else None)
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
 
     def decode(self, z: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor) -> Distribution:

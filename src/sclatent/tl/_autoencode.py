@@ -60,6 +60,8 @@ def autoencode(
     n_layers: int = 1,
     dropout_rate: float = 0.1,
     variational: bool = True,
+    norm: str = "batch",
+    encode_covariates: bool = True,
     max_epochs: int | None = None,
     early_stopping: bool = True,
     validation_fraction: float = 0.1,
@@ -114,6 +116,11 @@ def autoencode(
         Dropout in the encoder.
     variational
         A VAE with KL warm-up (``True``) or a deterministic autoencoder like DCA (``False``).
+    norm
+        Normalisation of the hidden layers: ``"batch"``, ``"layer"`` or ``"none"``.
+    encode_covariates
+        Feed the batch and covariates to the encoder as well as the decoder (``True``), or
+        only to the decoder (``False``, scvi-tools' default).
     max_epochs
         Upper bound on epochs; by default chosen from the number of cells
         (:func:`sclatent.models.default_max_epochs`: 400 for ≤ 6,250 cells, down to 20 for 125,000 or more).
@@ -208,6 +215,8 @@ def autoencode(
         n_layers=n_layers,
         dropout_rate=dropout_rate,
         variational=variational,
+        norm=norm,
+        encode_covariates=encode_covariates,
         random_state=random_state,
     )
     if transform_batch is not None and (

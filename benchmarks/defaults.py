@@ -1,0 +1,254 @@
+"""The defaults study: candidate settings of ``sl.tl.autoencode`` on all five data sets, chosen leave-one-data-set-out.
+
+Every candidate is a full set of model settings (written out, so the study means the same after
+the package's defaults change). Each is trained with seeds 0, 1 and 2 on every data set of the
+quality benchmark and scored by :func:`sclatent.tl.compare_embeddings` (total: 0.6 bio + 0.4
+batch; bio alone without batches). Per data set a candidate's score is its median over seeds.
+
+The choice generalises only if it is not made on the data it is scored on: for each data set in
+turn, the candidate with the best mean score on the other four is picked and its score on the
+held-out one is reported. The baselines (scVI, PCA, Harmony) come from ``quality.csv`` of the
+quality benchmark.
+
+Run:  python -m benchmarks.defaults --output docs/benchmarks/defaults.md  (``--resume`` keeps finished runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+import sclatent as sl
+from benchmarks.quality import DATASETS, NAMES, load, sclatent
+
+#: The settings of sclatent 0.1 (its defaults before this study); every candidate changes some of them.
+V01 = {
+    "likelihood": "zinb",
+    "n_latent": 10,
+    "n_hidden": 128,
+    "n_layers": 1,
+    "norm": "batch",
+    "encode_covariates": True,
+}
+
+#: name → (the settings that differ from sclatent 0.1, why it is a candidate)
+CANDIDATES: dict[str, tuple[dict, str]] = {
+    "v0.1": ({}, "the defaults of sclatent 0.1"),
+    "latent 20": (
+        {"n_latent": 20},
+        "room for more cell states (the 10-dimensional latent splits a cell line by technology)",
+    ),
+    "latent 20, width 256": ({"n_latent": 20, "n_hidden": 256}, "a wider encoder and decoder"),
+    "latent 20, 2 layers": ({"n_latent": 20, "n_layers": 2}, "a deeper encoder and decoder"),
+    "latent 20, layer norm": (
+        {"n_latent": 20, "norm": "layer"},
+        "LayerNorm instead of BatchNorm (no batch statistics)",
+    ),
+    "latent 20, decoder-only covariates": (
+        {"n_latent": 20, "encode_covariates": False},
+        "the batch only in the decoder, as scvi-tools does by default",
+    ),
+    "latent 20, NB": ({"n_latent": 20, "likelihood": "nb"}, "negative binomial without zero inflation"),
+}
+
+SEEDS = [0, 1, 2]
+KEY = {name: f"cand{i}" for i, name in enumerate(CANDIDATES)}
+
+
+def settings(name: str) -> dict:
+    """The full settings of a candidate."""
+    return V01 | CANDIDATES[name][0]
+
+
+def run(csv: Path, *, resume: bool, datasets: list[str]) -> pd.DataFrame:
+    """Train and score every candidate on every data set and seed; rows are appended to ``csv`` as they finish."""
+    done = pd.read_csv(csv) if resume and csv.exists() else pd.DataFrame(columns=["dataset", "seed", "candidate"])
+    for ds in DATASETS:
+        if ds.name not in datasets:
+            continue
+        adata = None
+        for seed in SEEDS:
+            finished = set(done.loc[(done["dataset"] == ds.name) & (done["seed"] == seed), "candidate"])
+            todo = [c for c in CANDIDATES if c not in finished]
+            if not todo:
+                continue
+            if adata is None:
+                adata = load(ds.name)
+            times = {}
+            for name in todo:
+                times[f"X_{KEY[name]}"] = sclatent(adata, ds, seed, key=KEY[name], **settings(name))
+            print(f"{ds.name}, seed {seed}:", {k: round(v, 1) for k, v in times.items()}, flush=True)
+            df = sl.tl.compare_embeddings(adata, list(times), label_key=ds.label_key, batch_key=ds.batch_key, pca=False)
+            epochs = {f"X_{KEY[n]}": adata.uns[KEY[n]]["training"]["n_epochs"] for n in todo}
+            extra = pd.DataFrame(
+                [(k, "time", "fit seconds", v) for k, v in times.items()]
+                + [(k, "time", "epochs", v) for k, v in epochs.items()],
+                columns=["embedding", "category", "metric", "value"],
+            )
+            df = pd.concat([df, extra], ignore_index=True)
+            df["candidate"] = df["embedding"].map({f"X_{KEY[n]}": n for n in CANDIDATES})
+            df.insert(0, "dataset", ds.name)
+            df["seed"] = seed
+            done = pd.concat([done, df], ignore_index=True)
+            done.to_csv(csv, index=False)
+    return done
+
+
+def medians(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Data sets × candidates: the median over seeds of an aggregate score (``"total"`` or ``"bio conservation"``)."""
+    r = results[(results["category"] == "aggregate") & (results["metric"] == metric)]
+    table = r.pivot_table(index="dataset", columns="candidate", values="value", aggfunc="median", sort=False)
+    return table[[c for c in CANDIDATES if c in table.columns]]
+
+
+def leave_one_out(total: pd.DataFrame) -> pd.DataFrame:
+    """For each data set: the candidate with the best mean total on the other four, and its held-out total."""
+    rows = []
+    for held_out in total.index:
+        others = total.drop(index=held_out).mean()
+        chosen = others.idxmax()
+        rows.append(
+            {
+                "held out": held_out,
+                "chosen on the other four": chosen,
+                "its mean there": others[chosen],
+                "held-out total": total.loc[held_out, chosen],
+                "v0.1 held-out total": total.loc[held_out, "v0.1"],
+                "best candidate on it": total.loc[held_out].max(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def baselines(quality_csv: Path) -> pd.DataFrame | None:
+    """Median total and bio of scVI, PCA and Harmony per data set, from the quality benchmark (None if absent)."""
+    if not quality_csv.exists():
+        return None
+    q = pd.read_csv(quality_csv)
+    q = q[(q["category"] == "aggregate") & q["metric"].isin(["total", "bio conservation"])]
+    q = q.assign(method=q["embedding"].map(NAMES))
+    return q.pivot_table(index=["dataset", "metric"], columns="method", values="value", aggfunc="median", sort=False)
+
+
+def _table(df: pd.DataFrame, *, bold_max: bool = False, index_name: str = "") -> list[str]:
+    cols = list(df.columns)
+    lines = [f"| {index_name} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        best = row.max() if bold_max else None
+        cells = []
+        for v in row:
+            if isinstance(v, float | np.floating):
+                s = f"{v:.3f}"
+                cells.append(f"**{s}**" if bold_max and s == f"{best:.3f}" else s)
+            else:
+                cells.append(str(v))
+        lines.append(f"| {idx} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(results: pd.DataFrame, base: pd.DataFrame | None) -> list[str]:
+    total, bio = medians(results, "total"), medians(results, "bio conservation")
+    loo = leave_one_out(total)
+    counts = loo["chosen on the other four"].value_counts()
+    winner = total.mean().idxmax()
+    seeds = sorted(results["seed"].unique().astype(int))
+    lines = [
+        f"Every candidate trained with seeds {', '.join(map(str, seeds))} on each data set of the quality benchmark "
+        "(the same 2,000 genes, batches and covariates) and scored by `sl.tl.compare_embeddings`. "
+        "Scores are medians over the seeds; *total* is 0.6 bio conservation + 0.4 batch correction, "
+        "bio conservation alone on the data sets without batches.",
+        "",
+        "## Candidates",
+        "",
+        "All start from sclatent 0.1's settings "
+        + ", ".join(f"`{k}={v!r}`" for k, v in V01.items())
+        + ", and change what the table says. The settings not listed (learning rate, batch size, epochs, "
+        "KL warm-up, dropout) are the package's defaults.",
+        "",
+        "| candidate | changes | why |",
+        "|---|---|---|",
+    ]
+    for name, (delta, why) in CANDIDATES.items():
+        changes = ", ".join(f"`{k}={v!r}`" for k, v in delta.items()) or "none"
+        lines.append(f"| {name} | {changes} | {why} |")
+    lines += ["", "## Total score per data set", "", *_table(total.T, bold_max=False, index_name="candidate")]
+    summary = pd.DataFrame(
+        {
+            "mean total": total.mean(),
+            "mean bio conservation": bio.mean(),
+            "mean rank (1 = best)": total.rank(axis=1, ascending=False).mean(),
+            "median epochs": results[results["metric"] == "epochs"].groupby("candidate")["value"].median(),
+            "median fit seconds": results[results["metric"] == "fit seconds"].groupby("candidate")["value"].median(),
+        }
+    ).loc[list(total.columns)]
+    lines += ["", "## Bio conservation per data set", "", *_table(bio.T, index_name="candidate")]
+    lines += ["", "## Over all five data sets", "", *_table(summary, index_name="candidate")]
+    lines += [
+        "",
+        "## Leave one data set out",
+        "",
+        "For each data set, the candidate with the best mean total on the other four, and how it does on the "
+        "held-out one. *best candidate on it* is the best any candidate reached there (chosen with hindsight).",
+        "",
+        *_table(loo.set_index("held out"), index_name="held out"),
+        "",
+        "Chosen: " + ", ".join(f"{name} {n}×" for name, n in counts.items()) + ". "
+        f"The held-out totals average {loo['held-out total'].mean():.3f} against "
+        f"{loo['v0.1 held-out total'].mean():.3f} for sclatent 0.1's settings.",
+        "",
+        f"Best mean total over all five data sets: **{winner}** "
+        f"(`{', '.join(f'{k}={v!r}' for k, v in settings(winner).items())}`).",
+    ]
+    if base is not None:
+        lines += [
+            "",
+            "## Against the baselines",
+            "",
+            f"**{winner}** next to the quality benchmark's medians (`quality.csv`).",
+            "",
+            "| data set | score | " + winner + " | scVI | PCA | Harmony |",
+            "|---|---|---|---|---|---|",
+        ]
+        for ds in total.index:
+            for metric, table in (("total", total), ("bio conservation", bio)):
+                if (ds, metric) not in base.index:
+                    continue
+                b = base.loc[(ds, metric)]
+                cells = [b.get(m, np.nan) for m in ("scVI", "PCA", "Harmony")]
+                shown = " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in cells)
+                lines.append(f"| {ds} | {metric} | {table.loc[ds, winner]:.3f} | {shown} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=None, help="markdown file; the raw scores go next to it (.csv)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in the .csv")
+    parser.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS])
+    parser.add_argument("--report-only", action="store_true", help="write the page from the .csv, train nothing")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "jax", "scib_metrics"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sc.settings.verbosity = 0
+    out = args.output or Path("defaults.md")
+    csv = out.with_suffix(".csv")
+    start = time.perf_counter()
+    results = pd.read_csv(csv) if args.report_only else run(csv, resume=args.resume, datasets=args.datasets)
+    lines = report(results, baselines(out.parent / "quality.csv"))
+    print("\n".join(lines))
+    print(f"{(time.perf_counter() - start) / 60:.0f} min", flush=True)
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
