@@ -268,11 +268,18 @@ def main(argv: list[str] | None = None) -> list[str]:
         old = old[~old["embedding"].isin(run) & old["dataset"].isin(args.datasets)]
         print(f"kept {len(old)} rows of {sorted(set(old['embedding']))} from {kept}", flush=True)
         results = pd.concat([old, results], ignore_index=True)
+        kept_note = (
+            f"This run trained {', '.join(args.methods)}; the rows of "
+            f"{', '.join(sorted(NAMES[e] for e in set(old['embedding'])))} are kept from the previous run "
+            "(`--methods`), on the same machine."
+        )
+    else:
+        kept_note = ""
     figure = "quality.png"
     seeds = ", ".join(str(x) for x in sorted(results["seed"].dropna().unique().astype(int)))
     lines = [
         f"Each seeded method (sclatent, scVI) ran with seeds {seeds}; every number is the median over them. "
-        "PCA and Harmony do not depend on the seed and ran once.",
+        "PCA and Harmony do not depend on the seed and ran once." + (f" {kept_note}" if kept_note else ""),
         "",
         *report(results, shapes, figure),
     ]

@@ -165,12 +165,13 @@ def test_model_files_without_the_newer_settings_load(trained, tmp_path):
     model, adata = trained
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    for key in ("norm", "encode_covariates"):  # as in files written before these settings were saved
+    for key in ("norm", "encode_covariates", "normalize_input"):  # as in files written before these settings were saved
         del meta["config"][key]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     loaded = sl.models.Autoencoder.load(tmp_path / "m", adata)
     assert loaded.config.norm == "batch"
     assert loaded.config.encode_covariates
+    assert not loaded.config.normalize_input
     np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
 
 
@@ -178,3 +179,13 @@ def test_unknown_norm_fails_before_reading_the_data(pbmc_small):
     with pytest.raises(ValueError, match="norm must be one of") as raised:
         sl.models.Autoencoder(pbmc_small, norm="group")
     assert_names_fix(raised.value)
+
+
+def test_normalised_input_makes_the_latent_ignore_library_size(pbmc_small):
+    deeper = pbmc_small.copy()
+    deeper.X = deeper.X * 3  # every cell sequenced three times as deep: same composition
+    for normalize_input in (True, False):
+        model = sl.models.Autoencoder(pbmc_small, normalize_input=normalize_input)
+        model.fit(max_epochs=2, progress_bar=False)
+        same = np.allclose(model.get_latent(deeper), model.get_latent(), atol=1e-4)
+        assert same == normalize_input

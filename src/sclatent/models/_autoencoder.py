@@ -35,7 +35,7 @@ _WEIGHTS_FILE = "model.pt"
 _FORMAT = 1
 _NORMS = ("batch", "layer", "none")
 #: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
-_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True}
+_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False}
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -158,6 +158,9 @@ class Autoencoder:
     encode_covariates
         Feed the covariates to the encoder too (``True``), or only to the decoder (``False``,
         as scvi-tools does by default).
+    normalize_input
+        Give the encoder log-normalised counts (each cell scaled to 10,000, then ``log1p``)
+        instead of ``log1p`` of the raw counts; count likelihoods only.
     random_state
         Seed for the weights, the validation split, the minibatch order and the sampling noise.
 
@@ -185,6 +188,7 @@ class Autoencoder:
         variational: bool = True,
         norm: str = "batch",
         encode_covariates: bool = True,
+        normalize_input: bool = False,
         random_state: int = 0,
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)
@@ -218,6 +222,7 @@ class Autoencoder:
             variational=variational,
             norm=norm,
             encode_covariates=bool(encode_covariates),
+            normalize_input=bool(normalize_input),
             n_categories=self.setup.n_categories,
             n_continuous=len(self.setup.continuous_covariate_keys),
         )

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from torch.distributions import Distribution
 
 
+#: Counts per cell that ``normalize_input`` scales each cell to (scanpy's ``normalize_total`` convention).
+_TARGET_SUM = 1e4
+
+
 @dataclass
 class AutoencoderConfig:
     """Hyperparameters of :class:`~sclatent.module.AutoencoderModule`; saved with every model file.
@@ -46,6 +50,11 @@ class AutoencoderConfig:
         Feed the covariates to the encoder as well as to the decoder. With ``False`` only the
         decoder sees them (scvi-tools' default), so the encoder must explain each cell
         without knowing its batch.
+    normalize_input
+        For count likelihoods, scale each cell's counts to 10,000 before the encoder's
+        ``log1p`` (log-normalised input, as for PCA), so that the latent does not have to carry
+        the library size, which the decoder is given anyway. ``False`` feeds ``log1p`` of the
+        raw counts.
     """
 
     n_genes: int
@@ -59,6 +68,7 @@ class AutoencoderConfig:
     n_continuous: int = 0
     norm: str = "batch"
     encode_covariates: bool = True
+    normalize_input: bool = False
 
     @property
     def n_covariates(self) -> int:
@@ -121,6 +131,8 @@ class AutoencoderModule(nn.Module):
 
     def encode(self, x: torch.Tensor, cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent (variance is 0 for a deterministic autoencoder)."""
+        if self.config.normalize_input and self.likelihood.counts:
+            x = x * (_TARGET_SUM / x.sum(-1, keepdim=True).clamp_min(1.0))
         mean, var = self.encoder(self.likelihood.encoder_input(x), cov if self.config.encode_covariates else None)
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
 

@@ -62,6 +62,7 @@ def autoencode(
     variational: bool = True,
     norm: str = "batch",
     encode_covariates: bool = True,
+    normalize_input: bool = False,
     max_epochs: int | None = None,
     early_stopping: bool = True,
     validation_fraction: float = 0.1,
@@ -121,6 +122,9 @@ def autoencode(
     encode_covariates
         Feed the batch and covariates to the encoder as well as the decoder (``True``), or
         only to the decoder (``False``, scvi-tools' default).
+    normalize_input
+        Give the encoder log-normalised counts (each cell scaled to 10,000 counts, then
+        ``log1p``) instead of ``log1p`` of the raw counts. Count likelihoods only.
     max_epochs
         Upper bound on epochs; by default chosen from the number of cells
         (:func:`sclatent.models.default_max_epochs`: 400 for ≤ 6,250 cells, down to 20 for 125,000 or more).
@@ -217,6 +221,7 @@ def autoencode(
         variational=variational,
         norm=norm,
         encode_covariates=encode_covariates,
+        normalize_input=normalize_input,
         random_state=random_state,
     )
     if transform_batch is not None and (
