@@ -36,7 +36,8 @@ def main() -> None:
         header = [
             f"# {title}",
             "",
-            f"Made by `python -m benchmarks --only {name}` (part of `make bench`) in {minutes:.0f} min. "
+            f"Made by `python -m benchmarks --only {name}` (part of `make bench`) "
+            + (f"in {minutes:.0f} min. " if minutes >= 1 else "from its stored runs (`--resume`). ")
             + autoencode_vs_scvi.machine(),
             "",
         ]

@@ -28,6 +28,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import sclatent as sl
 from benchmarks._data import load_pbmc
+from benchmarks.scale import ARCH, SAME_AS_SCVI
 
 RESOLUTIONS = (0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -75,7 +76,7 @@ def leiden_scores(adata: sc.AnnData, rep: str) -> dict[float, tuple[float, float
 
 
 def fit_sclatent_same(adata, epochs: int, validate: bool) -> float:
-    model = sl.models.Autoencoder(adata, n_hidden=128, n_latent=10, n_layers=1, dropout_rate=0.1, likelihood="zinb")
+    model = sl.models.Autoencoder(adata, **SAME_AS_SCVI, **ARCH)
     start = time.perf_counter()
     model.fit(
         max_epochs=epochs,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.scale import ARCH, EpochTimer, fit_settings, resample, scvi_train_settings
+from benchmarks.scale import ARCH, SAME_AS_SCVI, EpochTimer, fit_settings, resample, scvi_train_settings
 
 N_CELLS = 1_000_000
 EPOCHS = 3
@@ -31,7 +31,7 @@ def fit_sclatent(adata, batch_size: int, resident: bool) -> list[float]:
     _autoencoder.GPU_DATA_FRACTION = fraction if resident else 0.0
     try:
         timer = EpochTimer()
-        model = sl.models.Autoencoder(adata, likelihood="zinb", **ARCH)
+        model = sl.models.Autoencoder(adata, **SAME_AS_SCVI, **ARCH)
         model.fit(**fit_settings(EPOCHS, batch_size, timer), accelerator="gpu", devices=1)
     finally:
         _autoencoder.GPU_DATA_FRACTION = fraction

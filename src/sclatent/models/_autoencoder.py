@@ -181,14 +181,14 @@ class Autoencoder:
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
         likelihood: str = "zinb",
-        n_latent: int = 10,
+        n_latent: int = 20,
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
         variational: bool = True,
         norm: str = "batch",
         encode_covariates: bool = True,
-        normalize_input: bool = False,
+        normalize_input: bool = True,
         random_state: int = 0,
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)

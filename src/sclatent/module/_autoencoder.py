@@ -58,7 +58,7 @@ class AutoencoderConfig:
     """
 
     n_genes: int
-    n_latent: int = 10
+    n_latent: int = 20
     n_hidden: int = 128
     n_layers: int = 1
     dropout_rate: float = 0.1
@@ -68,7 +68,7 @@ class AutoencoderConfig:
     n_continuous: int = 0
     norm: str = "batch"
     encode_covariates: bool = True
-    normalize_input: bool = False
+    normalize_input: bool = True
 
     @property
     def n_covariates(self) -> int:
