@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         kept_note = (
             f"This run trained {', '.join(args.methods)}; the rows of "
             f"{', '.join(sorted(NAMES[e] for e in set(old['embedding'])))} are kept from the previous run "
-            "(`--methods`), on the same machine."
+            "(`--methods`), on the same machine; the minutes in the header are this run's."
         )
     else:
         kept_note = ""

@@ -63,5 +63,6 @@ def paul15_trained():
     """paul15 (bundled) with the sclatent latent and denoised layer, and the model."""
     adata = sl.datasets.paul15()
     adata = hvg_counts(adata, n_top_genes=PAUL15_TRAINING["n_top_genes"])
-    model = sl.tl.autoencode(adata, n_latent=PAUL15_TRAINING["n_latent"], progress_bar=False, return_model=True)
+    settings = {k: v for k, v in PAUL15_TRAINING.items() if k != "n_top_genes"}
+    model = sl.tl.autoencode(adata, **settings, progress_bar=False, return_model=True)
     return adata, model

@@ -161,8 +161,11 @@ def test_decoder_only_covariates_hide_the_batch_from_the_encoder(pbmc_small):
     assert not np.allclose(model.get_denoised(other), model.get_denoised())
 
 
-def test_model_files_without_the_newer_settings_load(trained, tmp_path):
-    model, adata = trained
+def test_model_files_without_the_newer_settings_load(pbmc_small, tmp_path):
+    # a model as sclatent 0.1 trained it, saved without the settings it did not have
+    model = sl.models.Autoencoder(pbmc_small, n_latent=10, norm="batch", encode_covariates=True, normalize_input=False)
+    model.fit(max_epochs=2, progress_bar=False)
+    adata = pbmc_small
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     for key in ("norm", "encode_covariates", "normalize_input"):  # as in files written before these settings were saved

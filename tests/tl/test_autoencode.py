@@ -39,7 +39,8 @@ def test_pbmc_clusters_match_cell_types(pbmc_hvg):
     adata = pbmc_hvg.copy()
     sl.tl.autoencode(adata, progress_bar=False)
     nmi = normalized_mutual_info_score(adata.obs["cell_type"], _leiden(adata, resolution=0.5))
-    assert nmi >= 0.75
+    # measured with the defaults: 0.791, 0.788 and 0.791 for seeds 0-2
+    assert nmi >= 0.77
     info = adata.uns["sclatent"]["training"]
     assert info["n_epochs"] <= info["max_epochs"]
     assert 0 <= info["best_epoch"] < info["n_epochs"]
@@ -53,7 +54,7 @@ def test_outputs_and_user_data_untouched(pbmc_small):
     layers_before = set(adata.layers)
     sl.tl.autoencode(adata, layer="counts", batch_key="donor_batch", max_epochs=3, progress_bar=False)
 
-    assert adata.obsm["X_sclatent"].shape == (adata.n_obs, 10)
+    assert adata.obsm["X_sclatent"].shape == (adata.n_obs, 20)  # the default n_latent
     assert adata.obsm["X_sclatent"].dtype == np.float32
     assert np.isfinite(adata.obsm["X_sclatent"]).all()
     denoised = adata.layers["sclatent_denoised"]
