@@ -6,6 +6,8 @@ failed call leaves every slot of the AnnData as it was.
 
 from __future__ import annotations
 
+import inspect
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ import sclatent as sl
 
 from sclatent_test_helpers import assert_names_fix, assert_unchanged, snapshot
 
+N_LATENT = inspect.signature(sl.tl.autoencode).parameters["n_latent"].default
 FAST = {"max_epochs": 2, "n_hidden": 16, "progress_bar": False, "random_state": 0}
 
 
@@ -81,7 +84,7 @@ def test_backed_works(tiny, tmp_path, storage):
     reference = tiny.copy()
     sl.tl.autoencode(reference, denoise=False, **FAST)
     np.testing.assert_allclose(backed.obsm["X_sclatent"], reference.obsm["X_sclatent"], rtol=1e-5, atol=1e-6)
-    assert model.get_latent(backed).shape == (backed.n_obs, 10)
+    assert model.get_latent(backed).shape == (backed.n_obs, N_LATENT)
     backed.file.close()
 
 
@@ -128,7 +131,7 @@ def test_unusual_but_valid_input_works(tiny, case):
         kwargs["layer"] = "counts"
     model = sl.tl.autoencode(adata, return_model=True, **FAST, **kwargs)
     latent = adata.obsm["X_sclatent"]
-    assert latent.shape == (adata.n_obs, kwargs.get("n_latent", 10))
+    assert latent.shape == (adata.n_obs, kwargs.get("n_latent", N_LATENT))
     assert np.isfinite(latent).all()
     assert np.isfinite(adata.layers["sclatent_denoised"]).all()
     if "batch_key" in kwargs:
