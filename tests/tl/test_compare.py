@@ -63,6 +63,23 @@ def test_plot_renders(compared, tmp_path, kind):
     sl.pl.compare_embeddings(df, show=False)  # the returned DataFrame works too
 
 
+def test_plot_bolds_every_tied_best_and_none_when_all_tie():
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "embedding": ["X_a", "X_b", "X_c"] * 2,
+            "category": ["bio conservation"] * 3 + ["aggregate"] * 3,
+            "metric": ["Leiden NMI"] * 3 + ["total"] * 3,
+            "value": [1.0, 0.9999, 0.9, 0.8, 0.8, 0.8],
+        }
+    )
+    ax = sl.pl.compare_embeddings(df, show=False)
+    weight = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_fontweight() for t in ax.texts}
+    assert [weight[0, j] for j in range(3)] == ["bold", "bold", "normal"]  # 1.00 and 1.00 as written
+    assert [weight[1, j] for j in range(3)] == ["normal"] * 3  # all tie: nobody won
+
+
 def test_bad_input_fails_before_scoring(compared, monkeypatch):
     adata, _ = compared
     adata = adata.copy()

@@ -36,8 +36,9 @@ def compare_embeddings(
 ) -> Axes | None:
     """Plot the scores of :func:`sclatent.tl.compare_embeddings`: metrics in rows, embeddings in columns.
 
-    Rows are grouped as bio conservation, batch correction and the aggregates; the best
-    embedding of each row is in bold.
+    Rows are grouped as bio conservation, batch correction and the aggregates; in each row the
+    best value as written is in bold, for every embedding that reaches it, and none is bold
+    when all embeddings tie.
 
     Parameters
     ----------
@@ -74,12 +75,17 @@ def compare_embeddings(
         image.set_clim(0, 1)
         ax.set_xlim(-0.5, len(embeddings) - 0.5)
         ax.set_ylim(len(order) - 0.5, -0.5)
-    best = np.nanargmax(np.where(np.isnan(values), -np.inf, values), axis=1)
+    # the best value of each row as written (two decimals): every embedding that reaches it is bold,
+    # none when all embeddings scored tie
+    shown = np.round(values, 2)
+    best = np.nanmax(np.where(np.isnan(shown), -np.inf, shown), axis=1)
+    winners = (shown == best[:, None]) & ~np.isnan(shown)
+    winners[winners.sum(axis=1) == (~np.isnan(shown)).sum(axis=1)] = False
     for i, j in zip(rows.ravel(), cols.ravel(), strict=True):
         if np.isnan(values[i, j]) or kind == "dotplot":
             continue
         colour = "black" if values[i, j] > 0.6 else "white"
-        weight = "bold" if j == best[i] else "normal"
+        weight = "bold" if winners[i, j] else "normal"
         ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontweight=weight, fontsize=8)
     ax.set_xticks(range(len(embeddings)), embeddings, rotation=30, ha="right")
     ax.set_yticks(range(len(order)), [f"{metric} ({category})" for category, metric in order])
