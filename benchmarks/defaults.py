@@ -144,18 +144,11 @@ def baselines(quality_csv: Path) -> pd.DataFrame | None:
     return q.pivot_table(index=["dataset", "metric"], columns="method", values="value", aggfunc="median", sort=False)
 
 
-def _table(df: pd.DataFrame, *, bold_max: bool = False, index_name: str = "") -> list[str]:
+def _table(df: pd.DataFrame, *, index_name: str = "") -> list[str]:
     cols = list(df.columns)
     lines = [f"| {index_name} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for idx, row in df.iterrows():
-        best = row.max() if bold_max else None
-        cells = []
-        for v in row:
-            if isinstance(v, float | np.floating):
-                s = f"{v:.3f}"
-                cells.append(f"**{s}**" if bold_max and s == f"{best:.3f}" else s)
-            else:
-                cells.append(str(v))
+        cells = [f"{v:.3f}" if isinstance(v, float | np.floating) else str(v) for v in row]
         lines.append(f"| {idx} | " + " | ".join(cells) + " |")
     return lines
 
@@ -189,7 +182,7 @@ def report(results: pd.DataFrame, base: pd.DataFrame | None) -> list[str]:
     for name, (delta, why) in CANDIDATES.items():
         changes = ", ".join(f"`{k}={v!r}`" for k, v in delta.items()) or "none"
         lines.append(f"| {name} | {changes} | {why} |")
-    lines += ["", "## Total score per data set", "", *_table(total.T, bold_max=False, index_name="candidate")]
+    lines += ["", "## Total score per data set", "", *_table(total.T, index_name="candidate")]
     summary = pd.DataFrame(
         {
             "mean total": total.mean(),

@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 import sclatent as sl
 from benchmarks._data import hvg_counts
+from benchmarks.defaults import V01
 
 ERYTHROID = {c: i for i, c in enumerate(["7MEP", "6Ery", "5Ery", "4Ery", "3Ery", "2Ery", "1Ery"])}
 MYELOID = {"9GMP": 0, "10GMP": 0, "14Mo": 1, "15Mo": 1, "16Neu": 1}
@@ -49,7 +50,7 @@ def scanpy_dpt(adata, root: int) -> np.ndarray:
 #: The sclatent runs: today's defaults, and sclatent 0.1's settings (those of the trajectory tutorial).
 SCLATENT = {
     "sclatent latent, defaults": {},
-    "sclatent latent, 0.1 settings": {"n_latent": 10, "normalize_input": False},
+    "sclatent latent, 0.1 settings": V01,
 }
 
 

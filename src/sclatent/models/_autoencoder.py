@@ -21,6 +21,7 @@ import torch
 
 from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
+from ..nn._base import check_norm
 from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, WarmEarlyStopping, make_loader
 from ._setup import DataSetup
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 _CONFIG_FILE = "config.json"
 _WEIGHTS_FILE = "model.pt"
 _FORMAT = 1
-_NORMS = ("batch", "layer", "none")
 #: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
 _SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False}
 
@@ -192,9 +192,7 @@ class Autoencoder:
         random_state: int = 0,
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)
-        if norm not in _NORMS:
-            msg = f"norm must be one of {list(_NORMS)}, got {norm!r}; pass one of them."
-            raise ValueError(msg)
+        check_norm(norm)  # before the data are read
         for name, value, low in (("n_latent", n_latent, 1), ("n_hidden", n_hidden, 1), ("n_layers", n_layers, 1)):
             if not isinstance(value, int | np.integer) or value < low:
                 msg = f"{name} must be an integer ≥ {low}, got {value!r}."
@@ -504,7 +502,9 @@ class Autoencoder:
         by name, in any order) and only batch categories seen in training.
         """
         data = self._inputs(adata)
-        return self._map(data, lambda b: self.module.encode(b["x"], self.module.covariates(b))[0], batch_size)[0]
+        return self._map(
+            data, lambda b: self.module.encode(b["x"], self.module.covariates(b), b["library"])[0], batch_size
+        )[0]
 
     def elbo(
         self, adata: AnnData | None = None, *, indices: np.ndarray | None = None, batch_size: int = 4096
@@ -546,7 +546,7 @@ class Autoencoder:
 
         def fn(b):
             cov = self.module.covariates(b)
-            z = self.module.encode(b["x"], cov)[0]
+            z = self.module.encode(b["x"], cov, b["library"])[0]
             return torch.sigmoid(self.module.likelihood.dropout_logits(self.module.decoder(z, cov)))
 
         return self._map(data, fn, batch_size)[0]
@@ -621,7 +621,7 @@ class Autoencoder:
 
         def fn(b):
             cov = self.module.covariates(b)
-            z = self.module.encode(b["x"], cov)[0]  # each cell encoded with its own batch
+            z = self.module.encode(b["x"], cov, b["library"])[0]  # each cell encoded with its own batch
             if target is not None:
                 cat = b["cat"].clone()
                 cat[:, 0] = target

@@ -129,10 +129,17 @@ class AutoencoderModule(nn.Module):
             parts.append(batch["cont"])
         return torch.cat(parts, dim=-1) if parts else None
 
-    def encode(self, x: torch.Tensor, cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance of the latent (variance is 0 for a deterministic autoencoder)."""
+    def encode(
+        self, x: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance of the latent (variance is 0 for a deterministic autoencoder).
+
+        ``library`` (cells × 1, each cell's total counts, as in a batch's ``"library"``) scales the
+        input when ``config.normalize_input``; without it the totals are summed from ``x``.
+        """
         if self.config.normalize_input and self.likelihood.counts:
-            x = x * (_TARGET_SUM / x.sum(-1, keepdim=True).clamp_min(1.0))
+            total = x.sum(-1, keepdim=True) if library is None else library
+            x = x * (_TARGET_SUM / total.clamp_min(1.0))
         mean, var = self.encoder(self.likelihood.encoder_input(x), cov if self.config.encode_covariates else None)
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
 
@@ -148,7 +155,7 @@ class AutoencoderModule(nn.Module):
         """Encode, sample, decode and score a batch."""
         x = batch["x"]
         cov = self.covariates(batch)
-        mean, var = self.encode(x, cov)
+        mean, var = self.encode(x, cov, batch["library"])
         if self.config.variational:
             z = mean + torch.sqrt(var) * torch.randn_like(mean) if self.training else mean
             kl = 0.5 * (mean.pow(2) + var - torch.log(var) - 1).sum(-1)

@@ -3,6 +3,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: The normalisations of the hidden layers.
+NORMS = ("batch", "layer", "none")
+
+
+def check_norm(norm: str) -> None:
+    """Raise unless ``norm`` is one of :data:`NORMS`."""
+    if norm not in NORMS:
+        msg = f"norm must be one of {list(NORMS)}, got {norm!r}; pass one of them."
+        raise ValueError(msg)
+
 
 class MLP(nn.Module):
     """Fully connected layers that take the covariates as extra inputs to every layer.
@@ -39,6 +49,7 @@ class MLP(nn.Module):
         norm: str = "batch",
     ) -> None:
         super().__init__()
+        check_norm(norm)
         self.n_cov = n_cov
         layers = []
         for i in range(n_layers):
