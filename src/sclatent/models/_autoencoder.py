@@ -18,12 +18,13 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from scanpy import logging as logg
 
 from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_norm
 from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, WarmEarlyStopping, make_loader
-from ._setup import DataSetup
+from ._setup import MIN_GENE_OVERLAP, DataSetup
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -56,6 +57,8 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", message=".*The number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+            # map_query keeps the normalisation layers in evaluation mode on purpose
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -463,6 +466,132 @@ class Autoencoder:
         self.train_indices, self.validation_indices = train_idx, val_idx
         self.is_trained = True
         return self
+
+    # ---------------------------------------------------------------- mapping new data
+    def map_query(
+        self,
+        query: AnnData,
+        *,
+        max_epochs: int | None = None,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 20,
+        validation_fraction: float = 0.1,
+        batch_size: int = 256,
+        learning_rate: float = 2e-3,
+        min_gene_overlap: float = MIN_GENE_OVERLAP,
+        accelerator: str = "auto",
+        devices: int | str | list[int] = "auto",
+        progress_bar: bool = True,
+        callbacks: Sequence[Callback] = (),
+        max_time: str | timedelta | None = None,
+    ) -> Autoencoder:
+        """Map new data onto this trained model (architecture surgery, as scArches does) and return the mapped model.
+
+        The query's batches (and categories of the other categorical covariates) that the model
+        does not know are appended to it; the weights of these new categories alone are trained
+        on the query, starting from the mean of the known categories' weights, without weight
+        decay and with the normalisation statistics frozen. Everything the reference learnt stays
+        as it was, so the reference's latent does not change, and reference and query latents can
+        be analysed together. Query batches named like a reference batch are treated as that batch.
+
+        Genes are matched by name. Genes of the model that the query lacks are filled with zeros
+        (a warning says how many); fewer than ``min_gene_overlap`` of the model's genes is an
+        error. Extra genes of the query are ignored.
+
+        Parameters
+        ----------
+        query
+            New cells, with the raw data in the model's layer and its covariate columns in
+            ``obs``; the batch column may hold new batches.
+        max_epochs
+            Passes over the query cells; by default :func:`default_max_epochs` of their number.
+        early_stopping, early_stopping_patience, validation_fraction, batch_size, learning_rate
+            As for :meth:`fit`, on the query cells.
+        min_gene_overlap
+            The smallest fraction of the model's genes that the query must have.
+        accelerator, devices, progress_bar, callbacks, max_time
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        A new model that knows the reference's and the query's batches and holds the query as its
+        default data (``get_latent()`` gives the query's latent); this model is left as it was. Its
+        ``history`` is the query training's, and ``training_info["map_query"]`` says what was added.
+
+        Examples
+        --------
+        >>> mapped = model.map_query(query)  # doctest: +SKIP
+        >>> query.obsm["X_sclatent"] = mapped.get_latent()  # doctest: +SKIP
+        """
+        if not self.is_trained:
+            msg = "this model is not trained; train it on the reference first (`model.fit()`), then map the query."
+            raise ValueError(msg)
+        if self.setup.batch_key is None:
+            msg = (
+                "this model was trained without batch_key, so there are no batch weights to extend for the query; "
+                "encode the query with `model.get_latent(query)` instead (genes matched by name), or train a "
+                "reference with `batch_key=`."
+            )
+            raise ValueError(msg)
+        aligned, n_missing = self.setup.align_genes(query, min_overlap=min_gene_overlap)
+        setup, added = self.setup.with_new_categories(aligned)
+        data = setup.read(aligned)  # every check on the query's values, before any training
+        key = self.setup.batch_key
+        shared = sorted(set(aligned.obs[key].astype(str)) & set(self.setup.categories[key]))
+        if n_missing:
+            warnings.warn(
+                f"the query lacks {n_missing} of the model's {len(self.setup.var_names)} genes; they are filled with "
+                "zeros. Map a query with all the model's genes (`model.setup.var_names`) for the best latent.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.config.norm == "batch":
+            warnings.warn(
+                "this model normalises its hidden layers with the reference's batch statistics, which do not fit "
+                "cells of another technology or lab: such queries mix with the reference far less than with a model "
+                "trained with norm='layer' (see the mapping benchmark). Train the reference with `norm='layer'` "
+                "for mapping.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if shared:
+            logg.info(f"query batches {shared} are named like reference batches and are treated as those batches")
+        mapped = copy.copy(self)
+        mapped.setup = setup
+        mapped.module, new_columns = self.module.with_categories([len(added[k]) for k in self.setup.categorical_keys])
+        mapped.config = mapped.module.config
+        mapped._data = data
+        mapped.history = self.history.iloc[:0].copy()
+        info = {
+            "reference_categories": {k: list(self.setup.categories[k]) for k in self.setup.categorical_keys},
+            "new_categories": added,
+            "n_genes_filled_with_zeros": n_missing,
+            "n_query_cells": int(aligned.n_obs),
+        }
+        if not new_columns.any():
+            logg.info(
+                "every category of the query is known to the model; nothing to train, the query is encoded as it is"
+            )
+            mapped.training_info = {"map_query": info}
+            return mapped
+        with mapped.module.training_only_columns(new_columns):
+            mapped.fit(
+                max_epochs=max_epochs,
+                early_stopping=early_stopping,
+                early_stopping_patience=early_stopping_patience,
+                validation_fraction=validation_fraction,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                weight_decay=0.0,
+                kl_warmup_epochs=0,
+                accelerator=accelerator,
+                devices=devices,
+                progress_bar=progress_bar,
+                callbacks=callbacks,
+                max_time=max_time,
+            )
+        mapped.training_info["map_query"] = info
+        return mapped
 
     # ---------------------------------------------------------------- inference
     def _inputs(self, adata: AnnData | None) -> CellData:

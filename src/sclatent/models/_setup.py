@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +12,8 @@ import scipy.sparse as sp
 if TYPE_CHECKING:
     from anndata import AnnData
 
+#: The smallest fraction of a model's genes that a query must have to be mapped (see :meth:`DataSetup.align_genes`).
+MIN_GENE_OVERLAP = 0.5
 #: The fewest cells a model can be trained on.
 MIN_CELLS = 16
 _CHUNK = 10_000
@@ -266,3 +268,67 @@ class DataSetup:
         for j, key in enumerate(self.continuous_covariate_keys):
             cont[:, j] = (_continuous(adata, key) - self.continuous_mean[j]) / self.continuous_std[j]
         return X, library, cat, cont
+
+    def with_new_categories(self, adata: AnnData) -> tuple[DataSetup, dict[str, list[str]]]:
+        """Return a copy that also knows the categories of ``adata``'s categorical columns that this setup has not seen.
+
+        New categories are appended after the known ones, key by key (the order that
+        :meth:`~sclatent.module.AutoencoderModule.with_categories` expects). Returns the new setup
+        and the new categories of each key. Raises before any work on missing columns or values.
+        """
+        added: dict[str, list[str]] = {}
+        for key in self.categorical_keys:
+            values = pd.Index(_categorical(adata, key).astype(str).unique())
+            added[key] = sorted(values[~values.isin(self.categories[key])].tolist())
+        for key in self.continuous_covariate_keys:
+            _continuous(adata, key)
+        categories = {k: [*self.categories[k], *added[k]] for k in self.categorical_keys}
+        return replace(self, categories=categories), added
+
+    def align_genes(self, adata: AnnData, *, min_overlap: float = MIN_GENE_OVERLAP) -> tuple[AnnData, int]:
+        """Return ``adata`` with exactly the setup's genes, in order, and how many of them it lacked.
+
+        Genes are matched by name; genes the setup does not know are dropped; genes ``adata``
+        lacks are filled with zeros (as architecture surgery does). Fewer than ``min_overlap`` of
+        the setup's genes raises. ``adata`` itself is returned when it has every gene; otherwise a
+        new AnnData with the matrix (in ``X`` or the setup's layer) and the covariate columns.
+        """
+        from anndata import AnnData
+
+        if not 0 < min_overlap <= 1:
+            msg = f"min_gene_overlap must be in (0, 1], got {min_overlap!r}; pass e.g. {MIN_GENE_OVERLAP}."
+            raise ValueError(msg)
+        if not adata.var_names.is_unique:
+            dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+            msg = f"adata.var_names are not unique (e.g. {dup}); call `adata.var_names_make_unique()` first."
+            raise ValueError(msg)
+        genes = pd.Index(self.var_names)
+        pos = adata.var_names.get_indexer(genes)
+        n_missing = int((pos < 0).sum())
+        if n_missing == 0:
+            return adata, 0
+        found = 1 - n_missing / len(genes)
+        if found < min_overlap:
+            msg = (
+                f"the query has {len(genes) - n_missing} of the model's {len(genes)} genes ({found:.0%}), fewer than "
+                f"min_gene_overlap={min_overlap:g}; check that the gene names use the same convention (symbols or "
+                f"Ensembl IDs, the same species), or lower min_gene_overlap if the missing genes are truly not measured."
+            )
+            raise ValueError(msg)
+        X = _matrix(adata, self.layer)
+        check_dtype(X, layer=self.layer)
+        present = pos[pos >= 0]
+        # the present genes in the model's order, then zero columns moved to the missing genes' places
+        sub = X[:, present]
+        sub = sp.csc_matrix(sub.to_memory() if hasattr(sub, "to_memory") else sub, dtype=np.float32)
+        filled = sp.hstack([sub, sp.csc_matrix((adata.n_obs, n_missing), dtype=np.float32)], format="csc")
+        # column i of the result is model gene i: argsort maps each gene to its column in the stack
+        stacked = np.concatenate([np.flatnonzero(pos >= 0), np.flatnonzero(pos < 0)])
+        filled = filled[:, np.argsort(stacked, kind="stable")].tocsr()
+        keys = [k for k in self.categorical_keys + self.continuous_covariate_keys if k in adata.obs]
+        aligned = AnnData(obs=adata.obs[keys].copy(), var=pd.DataFrame(index=genes))
+        if self.layer is None:
+            aligned.X = filled
+        else:
+            aligned.layers[self.layer] = filled
+        return aligned, n_missing

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -13,6 +15,8 @@ from ..nn import MLP, Encoder
 from ._likelihoods import get_likelihood
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
     from torch.distributions import Distribution
 
 
@@ -121,6 +125,79 @@ class AutoencoderModule(nn.Module):
             config.n_latent, config.n_hidden, n_cov=n_cov, n_layers=config.n_layers, dropout_rate=0.0, norm=config.norm
         )
         self.likelihood = get_likelihood(config.likelihood)(config.n_hidden, config.n_genes)
+
+    def with_categories(self, n_new: Sequence[int]) -> tuple[AutoencoderModule, torch.Tensor]:
+        """Return a copy of the module that knows ``n_new[i]`` more categories of covariate ``i`` (architecture surgery).
+
+        The new categories are appended after the known ones of their covariate. Their weights in
+        every layer start from the mean of the known categories' weights, so that a new batch
+        starts as an average known batch; every other weight, and the normalisation statistics,
+        are copied unchanged, so cells of known categories are encoded and decoded exactly as before.
+
+        Returns the new module and the mask of its covariate columns that are new.
+        """
+        if len(n_new) != len(self.config.n_categories) or any(int(m) < 0 for m in n_new):
+            msg = f"n_new must give a count ≥ 0 for each of the {len(self.config.n_categories)} categorical covariates, got {list(n_new)}; pass one count per covariate."
+            raise ValueError(msg)
+        sources: list[list[int]] = []
+        new: list[bool] = []
+        start = 0
+        for n, m in zip(self.config.n_categories, n_new, strict=True):
+            sources += [[start + i] for i in range(n)] + [list(range(start, start + n))] * int(m)
+            new += [False] * n + [True] * int(m)
+            start += n
+        sources += [[start + i] for i in range(self.config.n_continuous)]
+        new += [False] * self.config.n_continuous
+        config = replace(
+            self.config, n_categories=[n + int(m) for n, m in zip(self.config.n_categories, n_new, strict=True)]
+        )
+        module = copy.deepcopy(self)
+        module.config = config
+        module.decoder.expand_covariates(sources)
+        if config.encode_covariates:
+            module.encoder.body.expand_covariates(sources)
+        return module, torch.tensor(new)
+
+    @contextmanager
+    def training_only_columns(self, columns: torch.Tensor) -> Iterator[None]:
+        """Within the block, train only the covariate columns ``columns`` (a mask) and keep the normalisation statistics.
+
+        Every other parameter is frozen (``requires_grad=False``), the gradients of the other
+        columns of the covariate weights are zeroed, and the normalisation layers stay in
+        evaluation mode, so that training moves nothing but the chosen columns (with an optimiser
+        without weight decay). Everything is restored when the block ends.
+        """
+        weights = [*self.decoder.covariate_weights(), *self.encoder.body.covariate_weights()]
+        if not self.config.encode_covariates:
+            weights = weights[: len(self.decoder.covariate_weights())]
+        trainable = {p: p.requires_grad for p in self.parameters()}
+        handles = []
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for weight, first in weights:
+            mask = torch.zeros_like(weight)
+            mask[:, first:][:, columns.to(weight.device)] = 1.0
+            weight.requires_grad_(True)
+            handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
+        self._frozen_norm = True
+        self.train(self.training)
+        try:
+            yield
+        finally:
+            self._frozen_norm = False
+            for handle in handles:
+                handle.remove()
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+
+    def train(self, mode: bool = True) -> AutoencoderModule:
+        """Set training mode; normalisation layers stay in evaluation mode within :meth:`training_only_columns`."""
+        super().train(mode)
+        if getattr(self, "_frozen_norm", False):
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def covariates(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """One-hot categorical covariates and continuous ones, concatenated (cells × n_covariates)."""

@@ -64,6 +64,39 @@ class MLP(nn.Module):
             layers.append(nn.Sequential(*block))
         self.layers = nn.ModuleList(layers)
 
+    def expand_covariates(self, sources: list[list[int]]) -> None:
+        """Widen the covariate input of every layer to ``len(sources)`` columns, in place (architecture surgery).
+
+        New column ``j`` gets the weights of the old covariate columns ``sources[j]``: one
+        column to keep it, several to start from their mean (e.g. a new batch from the known
+        batches), none to start from zero. Every other weight is kept as it was.
+
+        The caller knows which columns are new (see
+        :meth:`~sclatent.module.AutoencoderModule.with_categories`).
+        """
+        if not self.n_cov:
+            return
+        for layer in self.layers:
+            old = layer[0]
+            n_prev = old.in_features - self.n_cov
+            linear = nn.Linear(n_prev + len(sources), old.out_features).to(old.weight.device, old.weight.dtype)
+            with torch.no_grad():
+                linear.bias.copy_(old.bias)
+                linear.weight.zero_()
+                linear.weight[:, :n_prev] = old.weight[:, :n_prev]
+                cov = old.weight[:, n_prev:]
+                for j, src in enumerate(sources):
+                    if src:
+                        linear.weight[:, n_prev + j] = cov[:, src].mean(dim=1)
+            layer[0] = linear
+        self.n_cov = len(sources)
+
+    def covariate_weights(self) -> list[tuple[nn.Parameter, int]]:
+        """Each layer's weight with the position of its first covariate column (covariates come last)."""
+        if not self.n_cov:
+            return []
+        return [(layer[0].weight, layer[0].in_features - self.n_cov) for layer in self.layers]
+
     def forward(self, x: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the layers, feeding ``cov`` (cells × n_cov) to each one."""
         for layer in self.layers:

@@ -1,0 +1,172 @@
+"""Mapping new data onto a trained model (architecture surgery), and label transfer through it, on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from benchmarks.mapping import REFERENCE, query_mixing
+
+import sclatent as sl
+
+from sclatent_test_helpers import assert_names_fix
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _split(adata, batch_key: str, reference_batches: list[str]):
+    adata = adata.copy()
+    adata.obs[batch_key] = adata.obs[batch_key].astype(str)
+    is_ref = adata.obs[batch_key].isin(reference_batches).to_numpy()
+    return adata[is_ref].copy(), adata[~is_ref].copy()
+
+
+def _train(reference, batch_key: str, **kwargs):
+    return sl.tl.autoencode(
+        reference, batch_key=batch_key, **REFERENCE, progress_bar=False, denoise=False, return_model=True, **kwargs
+    )
+
+
+def _accuracy(query, reference, label: str) -> float:
+    sl.tl.transfer_labels(query, reference, label, key_added="predicted")
+    return float((query.obs["predicted"].astype(str) == query.obs[label].astype(str)).mean())
+
+
+@pytest.fixture(scope="module")
+def cellbench_mapped(cellbench_3cl):
+    """Reference CEL-seq2, query Drop-seq mapped onto it."""
+    reference, query = _split(cellbench_3cl, "batch", ["CEL-seq2"])
+    model = _train(reference, "batch")
+    mapped = sl.tl.map_query(query, model, progress_bar=False, return_model=True)
+    return reference, query, model, mapped
+
+
+def test_cell_lines_transfer_from_one_technology_to_another(cellbench_mapped):
+    reference, query, model, mapped = cellbench_mapped
+    assert mapped.setup.categories["batch"] == ["CEL-seq2", "Drop-seq"]
+    assert model.setup.categories["batch"] == ["CEL-seq2"]  # the reference model is left as it was
+    assert _accuracy(query, reference, "cell_line_demuxlet") >= 0.95  # measured 1.0
+    # the query mixes with the reference: at least half of what random mixing gives (measured 0.62)
+    assert query_mixing(reference.obsm["X_sclatent"], query.obsm["X_sclatent"]) >= 0.5
+    assert query.uns["sclatent"]["training"]["map_query"]["new_categories"] == {"batch": ["Drop-seq"]}
+
+
+def test_the_reference_latent_does_not_move(cellbench_mapped):
+    reference, _, model, mapped = cellbench_mapped
+    assert np.abs(mapped.get_latent(reference) - reference.obsm["X_sclatent"]).max() < 1e-5
+    # every weight and statistic the reference cells use is bit for bit the reference's
+    before, after = model.module.state_dict(), mapped.module.state_dict()
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        new = after[name]
+        if new.shape != value.shape:  # a covariate weight: the known columns are kept, one column was added
+            n_prev = value.shape[1] - 1
+            assert torch.equal(new[:, : n_prev + 1], value), name
+            assert not torch.equal(new[:, n_prev + 1], value[:, n_prev]), f"{name}: the new batch was not trained"
+        else:
+            assert torch.equal(new, value), name
+
+
+def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_small):
+    """With batch norm (the default) the running statistics stay; a weight decay would have moved frozen weights."""
+    reference = pbmc_small[pbmc_small.obs["donor_batch"] == "a"].copy()
+    query = pbmc_small[pbmc_small.obs["donor_batch"] == "b"].copy()
+    model = sl.tl.autoencode(
+        reference, batch_key="donor_batch", max_epochs=5, progress_bar=False, denoise=False, return_model=True
+    )
+    assert model.config.norm == "batch"
+    with pytest.warns(UserWarning, match="norm='layer'"):
+        mapped = model.map_query(query, max_epochs=5, progress_bar=False, early_stopping=False)
+    state = mapped.module.state_dict()
+    running = [k for k in state if "running_" in k or "num_batches_tracked" in k]
+    assert running
+    for key in running:
+        assert torch.equal(state[key], model.module.state_dict()[key]), key
+    assert np.abs(mapped.get_latent(reference) - model.get_latent(reference)).max() < 1e-5
+    assert mapped.training_info["weight_decay"] == 0.0
+    assert all(p.requires_grad for p in mapped.module.parameters())  # the freezing ends with the mapping
+
+
+def test_plates_transfer_and_a_mapped_model_saves_loads_and_maps_again(cellbench_5cl, tmp_path):
+    reference, query = _split(cellbench_5cl, "batch", ["p1", "p2"])
+    model = _train(reference, "batch")
+    sl.tl.map_query(query, model, progress_bar=False)
+    assert _accuracy(query, reference, "cell_line_demuxlet") >= 0.95  # measured 1.0
+
+    first, rest = _split(cellbench_5cl, "batch", ["p1"])
+    second, third = _split(rest, "batch", ["p2"])
+    model = _train(first, "batch")
+    mapped = model.map_query(second, progress_bar=False)
+    mapped.save(tmp_path / "mapped")
+    loaded = sl.models.Autoencoder.load(tmp_path / "mapped")
+    assert np.array_equal(loaded.get_latent(second), mapped.get_latent(second))
+    again = loaded.map_query(third, progress_bar=False)
+    assert again.setup.categories["batch"] == ["p1", "p2", "p3"]
+    for cells in (first, second):  # both earlier batches are encoded as before
+        assert np.abs(again.get_latent(cells) - mapped.get_latent(cells)).max() < 1e-5
+    third.obsm["X_sclatent"] = again.get_latent()
+    assert _accuracy(third, first, "cell_line_demuxlet") >= 0.95
+
+
+def test_cell_types_transfer_between_donors():
+    kang = ad.read_h5ad(DATA / "kang2018_stim_subset.h5ad")
+    reference, query = _split(kang, "patient_id", ["101"])
+    model = _train(reference, "patient_id", categorical_covariate_keys=["group_id"])
+    sl.tl.map_query(query, model, progress_bar=False)
+    assert _accuracy(query, reference, "cluster_id") >= 0.85  # measured 0.91
+
+
+def test_genes_are_matched_by_name_and_missing_ones_filled_with_zeros(cellbench_mapped):
+    _, query, model, _ = cellbench_mapped
+    rng = np.random.default_rng(0)
+    shuffled = query[:, rng.permutation(query.n_vars)].copy()
+    same = model.map_query(shuffled, progress_bar=False, max_epochs=20, early_stopping=False)
+    ordered = model.map_query(query, progress_bar=False, max_epochs=20, early_stopping=False)
+    assert np.allclose(same.get_latent(), ordered.get_latent(), atol=1e-5)
+
+    fewer = query[:, 100:].copy()  # 100 of the model's 2,000 genes are not measured
+    with pytest.warns(UserWarning, match="lacks 100 of the model's 2000 genes"):
+        mapped = model.map_query(fewer, progress_bar=False, max_epochs=20, early_stopping=False)
+    assert mapped.training_info["map_query"]["n_genes_filled_with_zeros"] == 100
+    assert mapped.get_latent().shape == (query.n_obs, model.config.n_latent)
+
+    too_few = query[:, :900].copy()
+    with pytest.raises(ValueError, match="900 of the model's 2000 genes") as raised:
+        model.map_query(too_few, progress_bar=False)
+    assert_names_fix(raised.value)
+    assert mapped.setup.var_names == model.setup.var_names
+
+
+def test_query_batches_named_like_reference_batches_are_those_batches(cellbench_mapped):
+    reference, _, model, _ = cellbench_mapped
+    again = reference[:100].copy()
+    mapped = model.map_query(again, progress_bar=False)
+    assert mapped.setup.categories == model.setup.categories
+    assert "n_epochs" not in mapped.training_info  # nothing new, nothing trained
+    assert np.array_equal(mapped.get_latent(), model.get_latent(again))
+
+
+def test_bad_input_fails_before_any_training(cellbench_mapped, pbmc_small):
+    reference, query, model, _ = cellbench_mapped
+    renamed = query.copy()
+    renamed.var_names = [f"other_{g}" for g in renamed.var_names]
+    no_batch = sl.tl.autoencode(pbmc_small, max_epochs=2, progress_bar=False, denoise=False, return_model=True)
+    missing_batch = query.copy()
+    missing_batch.obs["batch"] = missing_batch.obs["batch"].astype(object)
+    missing_batch.obs.iloc[:4, missing_batch.obs.columns.get_loc("batch")] = np.nan
+    untrained = sl.models.Autoencoder(reference, batch_key="batch")
+    cases = [
+        (model, renamed, ValueError, "0 of the model's 2000 genes"),
+        (no_batch, pbmc_small, ValueError, "get_latent"),
+        (model, missing_batch, ValueError, "4 missing values"),
+        (untrained, query, ValueError, "not trained"),
+    ]
+    for m, q, error, match in cases:
+        with pytest.raises(error, match=match) as raised:
+            m.map_query(q, progress_bar=False)
+        assert_names_fix(raised.value)
+    with pytest.raises(ValueError, match="min_gene_overlap"):
+        model.map_query(query, min_gene_overlap=0)
