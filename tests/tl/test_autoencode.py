@@ -185,3 +185,54 @@ def test_overwriting_results_warns(pbmc_small):
     sl.tl.autoencode(pbmc_small, max_epochs=1, progress_bar=False)
     with pytest.warns(UserWarning, match="overwriting"):
         sl.tl.autoencode(pbmc_small, max_epochs=1, progress_bar=False)
+
+
+def test_validation_holds_out_whole_donors():
+    """Early stopping on donors the model has not seen: no donor is both trained on and held out."""
+    from pathlib import Path
+
+    kang = ad.read_h5ad(Path(__file__).resolve().parents[1] / "data" / "kang2018_stim_subset.h5ad")
+    donors = kang.obs["patient_id"].astype(str).to_numpy()
+    model = sl.tl.autoencode(
+        kang,
+        categorical_covariate_keys=["group_id"],
+        validation_groups_key="patient_id",
+        max_epochs=30,
+        progress_bar=False,
+        denoise=False,
+        return_model=True,
+    )
+    held_out = kang.uns["sclatent"]["training"]["validation_groups"]
+    assert len(held_out) == 1
+    assert set(donors[model.validation_indices]) == set(held_out)
+    assert not set(donors[model.train_indices]) & set(held_out)
+    assert len(model.train_indices) + len(model.validation_indices) == kang.n_obs
+    # the loss on an unseen donor is higher than on the cells trained on (it measures generalisation)
+    elbo = model.elbo()
+    assert elbo[model.validation_indices].mean() < elbo[model.train_indices].mean()
+
+
+def test_validation_groups_bad_input_fails_before_training(pbmc_small):
+    from sclatent_test_helpers import assert_names_fix
+
+    one_group = pbmc_small.copy()
+    one_group.obs["donor"] = "d1"
+    missing = pbmc_small.copy()
+    missing.obs["donor"] = pd.Series(["d1", "d2"] * (missing.n_obs // 2), index=missing.obs_names, dtype=object)
+    missing.obs.iloc[:3, missing.obs.columns.get_loc("donor")] = np.nan
+    cases = [
+        (pbmc_small, {"validation_groups_key": "no_such"}, KeyError, "not a column"),
+        (one_group, {"validation_groups_key": "donor"}, ValueError, "single group"),
+        (missing, {"validation_groups_key": "donor"}, ValueError, "3 missing labels"),
+        (
+            pbmc_small,
+            {"validation_groups_key": "donor_batch", "validation_fraction": 0, "early_stopping": False},
+            ValueError,
+            "validation_fraction > 0",
+        ),
+    ]
+    for adata, kwargs, error, match in cases:
+        with pytest.raises(error, match=match) as raised:
+            sl.tl.autoencode(adata, max_epochs=2, progress_bar=False, **kwargs)
+        assert_names_fix(raised.value)
+        assert "sclatent" not in adata.uns

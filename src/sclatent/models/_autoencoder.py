@@ -23,7 +23,15 @@ from scanpy import logging as logg
 from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_norm
-from ..train import BestWeights, CellData, EpochProgressBar, TrainingPlan, WarmEarlyStopping, make_loader
+from ..train import (
+    BestWeights,
+    CellData,
+    EpochProgressBar,
+    TrainingPlan,
+    WarmEarlyStopping,
+    holdout_split,
+    make_loader,
+)
 from ._setup import MIN_GENE_OVERLAP, DataSetup
 
 if TYPE_CHECKING:
@@ -96,6 +104,25 @@ def _place_data(data: CellData, device: torch.device) -> bool:
         return False
     data.to(device)
     return True
+
+
+def _check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
+    """Return the group labels as strings, checked: one per cell, none missing, at least two groups."""
+    labels = pd.Series(np.asarray(groups, dtype=object))
+    if len(labels) != n:
+        msg = f"validation_groups has {len(labels)} labels for {n} cells; pass one label per training cell, e.g. `adata.obs['donor']`."
+        raise ValueError(msg)
+    if labels.isna().any():
+        msg = f"validation_groups has {int(labels.isna().sum())} missing labels; fill or drop those cells first."
+        raise ValueError(msg)
+    labels = labels.astype(str).to_numpy()
+    if len(set(labels)) < 2:
+        msg = "validation_groups has a single group, so none can be held out; pass a column with two or more groups, or leave it out for a random split."
+        raise ValueError(msg)
+    if validation_fraction == 0:
+        msg = "validation_groups holds out whole groups for validation; set validation_fraction > 0."
+        raise ValueError(msg)
+    return labels
 
 
 @contextmanager
@@ -256,6 +283,7 @@ class Autoencoder:
         early_stopping: bool = True,
         early_stopping_patience: int = 20,
         validation_fraction: float = 0.1,
+        validation_groups: Sequence | np.ndarray | pd.Series | None = None,
         batch_size: int = 256,
         learning_rate: float = 2e-3,
         weight_decay: float = 1e-6,
@@ -289,6 +317,11 @@ class Autoencoder:
         validation_fraction
             Fraction of cells held out to compute the validation loss. 0 turns validation off
             (and then early stopping must be off too).
+        validation_groups
+            A group label per training cell (e.g. ``adata.obs["donor"]``): whole groups are held
+            out, until they hold at least ``validation_fraction`` of the cells, so that early
+            stopping measures how the model does on groups it has not seen. At least one group
+            stays in training. ``None`` holds out random cells.
         batch_size
             Cells per minibatch.
         learning_rate
@@ -339,17 +372,16 @@ class Autoencoder:
         if checkpoint_dir is not None and validation_fraction == 0:
             msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
             raise ValueError(msg)
+        if validation_groups is not None:
+            validation_groups = _check_groups(validation_groups, n, validation_fraction)
         if kl_warmup_epochs is None:
             kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
         if not self.config.variational:
             kl_warmup_epochs = 0
 
         rng = np.random.default_rng(self.random_state)
-        perm = rng.permutation(n)
-        n_val = round(n * validation_fraction) if validation_fraction > 0 else 0
-        if validation_fraction > 0:
-            n_val = max(n_val, 1)
-        val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        train_idx, val_idx = holdout_split(n, validation_fraction, rng, validation_groups)
+        n_val = len(val_idx)
         if len(train_idx) < 2:
             msg = f"only {len(train_idx)} cells are left for training; lower validation_fraction or add cells."
             raise ValueError(msg)
@@ -463,6 +495,8 @@ class Autoencoder:
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
         }
+        if validation_groups is not None:
+            self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))
         self.train_indices, self.validation_indices = train_idx, val_idx
         self.is_trained = True
         return self

@@ -47,6 +47,13 @@ def _warn_overwrite(adata: AnnData, key_added: str) -> None:
         )
 
 
+def _groups(adata: AnnData, key: str):
+    if key not in adata.obs:
+        msg = f"validation_groups_key={key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}); pass an existing column, e.g. the donor."
+        raise KeyError(msg)
+    return adata.obs[key]
+
+
 def autoencode(
     adata: AnnData,
     *,
@@ -66,6 +73,7 @@ def autoencode(
     max_epochs: int | None = None,
     early_stopping: bool = True,
     validation_fraction: float = 0.1,
+    validation_groups_key: str | None = None,
     batch_size: int = 256,
     learning_rate: float = 2e-3,
     weight_decay: float = 1e-6,
@@ -135,6 +143,11 @@ def autoencode(
         Stop when the loss on held-out cells stops improving and restore the best weights.
     validation_fraction
         Fraction of cells held out for validation.
+    validation_groups_key
+        Column of ``adata.obs`` with groups (e.g. donors) to hold out whole: held-out groups
+        take at least ``validation_fraction`` of the cells, and no group is both trained on and
+        held out, so that early stopping measures how the model does on donors it has not seen.
+        The held-out groups are in ``uns[key_added]["training"]["validation_groups"]``.
     batch_size
         Cells per minibatch.
     learning_rate
@@ -209,6 +222,8 @@ def autoencode(
     """
     from ..models import Autoencoder  # imports torch and Lightning on first use
 
+    groups = None if validation_groups_key is None else _groups(adata, validation_groups_key)
+
     start = logg.info(f"training a {likelihood} {'variational ' if variational else ''}autoencoder")
     model = Autoencoder(
         adata,
@@ -237,6 +252,7 @@ def autoencode(
         max_epochs=max_epochs,
         early_stopping=early_stopping,
         validation_fraction=validation_fraction,
+        validation_groups=groups,
         batch_size=batch_size,
         learning_rate=learning_rate,
         weight_decay=weight_decay,

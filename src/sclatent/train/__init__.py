@@ -1,7 +1,7 @@
 """Training: the Lightning plan, the data path and callbacks."""
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
-from ._data import BatchIndexSampler, CellData, make_loader
+from ._data import BatchIndexSampler, CellData, holdout_split, make_loader
 from ._plan import TrainingPlan
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "EpochProgressBar",
     "TrainingPlan",
     "WarmEarlyStopping",
+    "holdout_split",
     "make_loader",
 ]

@@ -144,3 +144,30 @@ def make_loader(
     """
     sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
+
+
+def holdout_split(
+    n: int, fraction: float, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``n`` cells into training and held-out positions (both sorted).
+
+    Without ``groups``, a random ``fraction`` of the cells (at least one when ``fraction > 0``,
+    none when it is 0).
+    With ``groups`` (one label per cell), whole groups are held out, in random order, until
+    they hold at least ``fraction`` of the cells, so that no group is on both sides (e.g. donors:
+    the held-out loss then measures how the model does on a donor it has not seen). At least one
+    group stays in training.
+    """
+    if groups is None:
+        perm = rng.permutation(n)
+        n_val = max(round(n * fraction), 1) if fraction > 0 else 0
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    sizes = np.bincount(codes, minlength=len(names))
+    held = []
+    for g in rng.permutation(len(names))[: len(names) - 1]:
+        held.append(g)
+        if sizes[held].sum() >= fraction * n:
+            break
+    is_val = np.isin(codes, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
