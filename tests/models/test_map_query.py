@@ -78,7 +78,7 @@ def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_s
         reference, batch_key="donor_batch", max_epochs=5, progress_bar=False, denoise=False, return_model=True
     )
     assert model.config.norm == "batch"
-    with pytest.warns(UserWarning, match="norm='layer'"):
+    with pytest.warns(UserWarning, match="norm=.layer."):
         mapped = model.map_query(query, max_epochs=5, progress_bar=False, early_stopping=False)
     state = mapped.module.state_dict()
     running = [k for k in state if "running_" in k or "num_batches_tracked" in k]
@@ -143,9 +143,11 @@ def test_genes_are_matched_by_name_and_missing_ones_filled_with_zeros(cellbench_
 def test_query_batches_named_like_reference_batches_are_those_batches(cellbench_mapped):
     reference, _, model, _ = cellbench_mapped
     again = reference[:100].copy()
-    mapped = model.map_query(again, progress_bar=False)
+    with pytest.warns(UserWarning, match=r"\['CEL-seq2'\] are named like reference batches"):
+        mapped = model.map_query(again, progress_bar=False)
     assert mapped.setup.categories == model.setup.categories
     assert "n_epochs" not in mapped.training_info  # nothing new, nothing trained
+    assert len(mapped.validation_indices) == 0  # no indices of the reference's cells left behind
     assert np.array_equal(mapped.get_latent(), model.get_latent(again))
 
 
@@ -170,3 +172,26 @@ def test_bad_input_fails_before_any_training(cellbench_mapped, pbmc_small):
         assert_names_fix(raised.value)
     with pytest.raises(ValueError, match="min_gene_overlap"):
         model.map_query(query, min_gene_overlap=0)
+
+
+def test_new_categories_of_every_covariate_with_continuous_ones(pbmc_small):
+    """The covariate columns of several keys and a continuous covariate are kept in their places."""
+    adata = pbmc_small.copy()
+    adata.obs["chemistry"] = np.where(np.arange(adata.n_obs) % 3 == 0, "v2", "v3")
+    is_ref = (adata.obs["donor_batch"] == "a").to_numpy() & (adata.obs["chemistry"] == "v3").to_numpy()
+    reference, query = adata[is_ref].copy(), adata[~is_ref].copy()
+    query.obs["donor_batch"] = query.obs["donor_batch"].astype(str).replace({"a": "c"})
+    model = sl.models.Autoencoder(
+        reference,
+        batch_key="donor_batch",
+        categorical_covariate_keys=["chemistry"],
+        continuous_covariate_keys=["pct_mito"],
+        norm="layer",
+    ).fit(max_epochs=5, progress_bar=False)
+    mapped = model.map_query(query, max_epochs=5, progress_bar=False)
+    assert mapped.setup.categories == {"donor_batch": ["a", "b", "c"], "chemistry": ["v3", "v2"]}
+    assert mapped.config.n_categories == [3, 2]
+    assert np.abs(mapped.get_latent(reference) - model.get_latent(reference)).max() < 1e-5
+    # decoding the reference is unchanged too: every known column sits where it was
+    assert np.allclose(mapped.get_denoised(reference), model.get_denoised(reference), rtol=1e-5, atol=1e-6)
+    assert mapped.get_latent(query).shape == (query.n_obs, model.config.n_latent)

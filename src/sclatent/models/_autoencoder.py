@@ -532,6 +532,10 @@ class Autoencoder:
         (a warning says how many); fewer than ``min_gene_overlap`` of the model's genes is an
         error. Extra genes of the query are ignored.
 
+        The encoder's new columns are what move the query's latent: with ``encode_covariates=False``
+        the encoder does not see the batch, so the query's latent is the reference encoder's as it
+        is, and the training adapts only the decoder (the denoised expression of the query).
+
         Parameters
         ----------
         query
@@ -563,12 +567,13 @@ class Autoencoder:
         if self.setup.batch_key is None:
             msg = (
                 "this model was trained without batch_key, so there are no batch weights to extend for the query; "
-                "encode the query with `model.get_latent(query)` instead (genes matched by name), or train a "
+                "encode the query with `model.get_latent(query)` instead (genes matched by name; the query needs all the "
+                "model's genes), or train a "
                 "reference with `batch_key=`."
             )
             raise ValueError(msg)
+        setup, added = self.setup.with_new_categories(query)  # the cheap checks on obs first
         aligned, n_missing = self.setup.align_genes(query, min_overlap=min_gene_overlap)
-        setup, added = self.setup.with_new_categories(aligned)
         data = setup.read(aligned)  # every check on the query's values, before any training
         key = self.setup.batch_key
         shared = sorted(set(aligned.obs[key].astype(str)) & set(self.setup.categories[key]))
@@ -589,13 +594,19 @@ class Autoencoder:
                 stacklevel=2,
             )
         if shared:
-            logg.info(f"query batches {shared} are named like reference batches and are treated as those batches")
+            warnings.warn(
+                f"query batches {shared} are named like reference batches and are treated as those batches (their "
+                "weights are not trained); rename them in the query's obs first if they are other batches.",
+                UserWarning,
+                stacklevel=2,
+            )
         mapped = copy.copy(self)
         mapped.setup = setup
         mapped.module, new_columns = self.module.with_categories([len(added[k]) for k in self.setup.categorical_keys])
         mapped.config = mapped.module.config
         mapped._data = data
         mapped.history = self.history.iloc[:0].copy()
+        mapped.train_indices = mapped.validation_indices = np.array([], dtype=int)
         info = {
             "reference_categories": {k: list(self.setup.categories[k]) for k in self.setup.categorical_keys},
             "new_categories": added,

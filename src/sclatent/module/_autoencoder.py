@@ -172,16 +172,17 @@ class AutoencoderModule(nn.Module):
             weights = weights[: len(self.decoder.covariate_weights())]
         trainable = {p: p.requires_grad for p in self.parameters()}
         handles = []
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for weight, first in weights:
-            mask = torch.zeros_like(weight)
-            mask[:, first:][:, columns.to(weight.device)] = 1.0
-            weight.requires_grad_(True)
-            handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask))
-        self._frozen_norm = True
-        self.train(self.training)
         try:
+            for p in self.parameters():
+                p.requires_grad_(False)
+            for weight, first in weights:
+                mask = torch.zeros_like(weight)
+                mask[:, first:][:, columns.to(weight.device)] = 1.0
+                weight.requires_grad_(True)
+                # the module may move to a GPU after this: the mask follows the gradient
+                handles.append(weight.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device)))
+            self._frozen_norm = True
+            self.train(self.training)
             yield
         finally:
             self._frozen_norm = False

@@ -24,6 +24,7 @@ def map_query(
     *,
     max_epochs: int | None = None,
     early_stopping: bool = True,
+    early_stopping_patience: int = 20,
     validation_fraction: float = 0.1,
     batch_size: int = 256,
     learning_rate: float = 2e-3,
@@ -55,8 +56,8 @@ def map_query(
         (the batch column may hold new batches), genes matched by name.
     model
         The trained reference model (e.g. from ``sl.tl.autoencode(reference, batch_key=..., return_model=True)``).
-    max_epochs, early_stopping, validation_fraction, batch_size, learning_rate
-        Training on the query, as for :func:`~sclatent.tl.autoencode`.
+    max_epochs, early_stopping, early_stopping_patience, validation_fraction, batch_size, learning_rate
+        Training on the query, as for :meth:`~sclatent.models.Autoencoder.fit`.
     min_gene_overlap
         The smallest fraction of the model's genes the query must have; missing genes are filled with zeros.
     accelerator, devices, progress_bar, callbacks, max_time
@@ -92,6 +93,7 @@ def map_query(
         query,
         max_epochs=max_epochs,
         early_stopping=early_stopping,
+        early_stopping_patience=early_stopping_patience,
         validation_fraction=validation_fraction,
         batch_size=batch_size,
         learning_rate=learning_rate,

@@ -37,11 +37,6 @@ def _embedding(adata: AnnData, use_rep: str, which: str) -> np.ndarray:
     return rep
 
 
-def _mean_distances(nn, X: np.ndarray, k: int, *, self_included: bool) -> np.ndarray:
-    dist, _ = nn.kneighbors(X, n_neighbors=k + int(self_included))
-    return dist[:, int(self_included) :].mean(axis=1)
-
-
 def transfer_labels(
     query: AnnData,
     reference: AnnData,
@@ -57,9 +52,9 @@ def transfer_labels(
     r"""Transfer labels from a reference to a query by weighted nearest neighbours in a shared latent space.
 
     For each query cell, the ``n_neighbors`` nearest reference cells in ``use_rep`` vote for their
-    label, each with weight :math:`\exp(-(d / h)^2)`, where :math:`d` is its distance and
-    :math:`h` the median distance between a reference cell and its ``n_neighbors``-th reference
-    neighbour. A cell's uncertainty combines two reasons for doubt:
+    label, each with weight :math:`\exp(-(d^2 - d_1^2) / h^2)`, where :math:`d` is its distance,
+    :math:`d_1` the distance of the nearest one, and :math:`h` the median distance between a
+    reference cell and its ``n_neighbors``-th reference neighbour. A cell's uncertainty combines two reasons for doubt:
 
     - the vote is split: :math:`p`, the weighted share of the winning label, is low;
     - the cell is far from every reference cell, as a cell type missing from the reference can
@@ -67,9 +62,10 @@ def transfer_labels(
       neighbours and :math:`q` the 95th percentile of that distance among reference cells.
 
     The uncertainty is :math:`1 - c\,p`; cells above ``uncertainty_threshold`` are labelled
-    ``"Unknown"``. With the default 0.5, a cell is Unknown when fewer than half of its
-    neighbours' weight agrees, or when it is more than twice as far from the reference as
-    reference cells are from each other.
+    ``"Unknown"``. As it is a product, doubts add up: with the default 0.5, a cell is Unknown
+    when fewer than half of its neighbours' weight agrees, when it is more than twice as far
+    from the reference as reference cells are from each other, or when both are partly so
+    (e.g. a share of 0.7 at a closeness of 0.7).
 
     The latent space must be shared: the reference's latent and the query's mapped onto the
     same model (:func:`~sclatent.tl.map_query`), or an embedding computed on both together.
@@ -165,7 +161,8 @@ def transfer_labels(
     q = float(np.quantile(dist_ref[:, 1:].mean(axis=1), 0.95)) or 1.0
 
     dist, idx = nn.kneighbors(qry)
-    weights = np.exp(-((dist / h) ** 2))
+    # relative to the nearest neighbour, so that the weights of a far cell do not all underflow to 0
+    weights = np.exp(-((dist**2 - dist[:, :1] ** 2) / h**2))
     weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), np.finfo(float).tiny)
     codes = pd.Categorical(labels.astype(str))
     names = np.asarray(codes.categories)
