@@ -24,17 +24,17 @@ EPOCHS = 3
 
 def fit_sclatent(adata, batch_size: int, resident: bool) -> list[float]:
     import sclatent as sl
-    from sclatent.models import _autoencoder
+    from sclatent.train import _fit
 
     # a fraction of 0 forces the host path: batches built on the CPU in pinned memory
-    fraction = _autoencoder.GPU_DATA_FRACTION
-    _autoencoder.GPU_DATA_FRACTION = fraction if resident else 0.0
+    fraction = _fit.GPU_DATA_FRACTION
+    _fit.GPU_DATA_FRACTION = fraction if resident else 0.0
     try:
         timer = EpochTimer()
         model = sl.models.Autoencoder(adata, **SAME_AS_SCVI, **ARCH)
         model.fit(**fit_settings(EPOCHS, batch_size, timer), accelerator="gpu", devices=1)
     finally:
-        _autoencoder.GPU_DATA_FRACTION = fraction
+        _fit.GPU_DATA_FRACTION = fraction
     return timer.times
 
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
-import signal
-import threading
-import time
 import warnings
-from contextlib import contextmanager
 from datetime import timedelta  # noqa: TC003 - in the signature users read
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -23,19 +17,11 @@ from scanpy import logging as logg
 from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_norm
-from ..train import (
-    BestWeights,
-    CellData,
-    EpochProgressBar,
-    TrainingPlan,
-    WarmEarlyStopping,
-    holdout_split,
-    make_loader,
-)
+from ..train import CellData, TrainingPlan, holdout_split, run_fit
 from ._setup import MIN_GENE_OVERLAP, DataSetup
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
@@ -50,60 +36,6 @@ _SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize
 def default_max_epochs(n_cells: int) -> int:
     """Epochs to train for when ``max_epochs`` is not given: about 20,000 steps' worth of cells, 20 to 400 epochs."""
     return int(np.clip(round(2_500_000 / max(n_cells, 1)), 20, 400))
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's start-up chatter and the warnings that do not apply to in-memory batches."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-            warnings.filterwarnings("ignore", message=".*The number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-            # map_query keeps the normalisation layers in evaluation mode on purpose
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _warm_up(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
-    """One throw-away training step on a copy of the module, before the seeded run.
-
-    The first matrix products of a process can take other code paths in Intel MKL than later
-    ones (seen as last-bit differences that training amplifies), which made the first fit of a
-    process differ from later fits with the same seed. After this step, every fit takes the same
-    paths. The module, the random state and the user's data are left as they were.
-    """
-    with torch.random.fork_rng(devices=[]):
-        clone = copy.deepcopy(module)
-        clone(batch, kl_weight=1.0).loss.backward()
-
-
-#: Fraction of a GPU's free memory that the training data may take to be held on it.
-GPU_DATA_FRACTION = 0.5
-
-
-def _place_data(data: CellData, device: torch.device) -> bool:
-    """Move the training data to a GPU when they fit in :data:`GPU_DATA_FRACTION` of its free memory.
-
-    Batches are then built on the GPU itself. Returns whether the data are on ``device``.
-    """
-    if device.type == "cpu":
-        return True
-    if device.type != "cuda" or not data.in_tensors:
-        return False
-    free, _ = torch.cuda.mem_get_info(device)
-    if data.nbytes > GPU_DATA_FRACTION * free:
-        return False
-    data.to(device)
-    return True
 
 
 def _check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
@@ -123,31 +55,6 @@ def _check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
         msg = "validation_groups holds out whole groups for validation; set validation_fraction > 0."
         raise ValueError(msg)
     return labels
-
-
-@contextmanager
-def _graceful_interrupt(trainer: L.Trainer) -> Iterator[dict]:
-    """Turn Ctrl+C (or Jupyter's interrupt) during fit into a graceful stop.
-
-    Lightning's own handling of ``KeyboardInterrupt`` ends the process (``sys.exit``) and leaves
-    SIGINT ignored, which in a notebook would lose the results and the next Ctrl+C. Here the
-    first interrupt asks the trainer to stop after the current step; the previous handler is
-    restored afterwards.
-    """
-    state = {"interrupted": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum, frame):
-        state["interrupted"] = True
-        trainer.should_stop = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class Autoencoder:
@@ -390,6 +297,7 @@ class Autoencoder:
         plan = TrainingPlan(
             self.module, learning_rate=learning_rate, weight_decay=weight_decay, kl_warmup_epochs=kl_warmup_epochs
         )
+        previous_epochs = self.trained_epochs
         on_improve = None
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
@@ -398,89 +306,32 @@ class Autoencoder:
                 self.trained_epochs = previous_epochs + epoch + 1
                 self.save(checkpoint_dir, overwrite=True)
 
-        previous_epochs = self.trained_epochs
-        best = (
-            BestWeights(on_improve=on_improve, restore=early_stopping)
-            if early_stopping or checkpoint_dir is not None
-            else None
+        outcome = run_fit(
+            plan,
+            data,
+            train_idx,
+            val_idx,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            seed=self.random_state,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            start_epoch=kl_warmup_epochs,
+            on_improve=on_improve,
+            accelerator=accelerator,
+            devices=devices,
+            progress_bar=progress_bar,
+            callbacks=callbacks,
+            max_time=max_time,
+            divergence_advice=", or try likelihood='nb'",
         )
-        cbs: list[Callback] = [*([EpochProgressBar()] if progress_bar else []), *callbacks]
-        stopper = WarmEarlyStopping(
-            "validation_loss", patience=early_stopping_patience, mode="min", start_epoch=kl_warmup_epochs
-        )
-        cbs += [best] if best is not None else []
-        cbs += [stopper] if early_stopping else []
-
-        self.module.train()  # a loaded model is in eval mode
-        _warm_up(self.module, data[train_idx[: min(batch_size, len(train_idx))]])
-        start = time.perf_counter()
-        with _quiet_lightning(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
-            trainer = L.Trainer(
-                max_epochs=int(max_epochs),
-                accelerator=accelerator,
-                devices=devices,
-                callbacks=cbs,
-                logger=False,
-                enable_checkpointing=any(type(cb).__name__ == "ModelCheckpoint" for cb in callbacks),
-                enable_model_summary=False,
-                enable_progress_bar=progress_bar,
-                num_sanity_val_steps=0,
-                limit_val_batches=1.0 if n_val else 0,
-                deterministic=False,
-                max_time=max_time,
-            )
-            on_device = _place_data(data, trainer.strategy.root_device)
-            pin = trainer.strategy.root_device.type == "cuda" and not on_device
-            train_loader = make_loader(
-                data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=self.random_state, pin_memory=pin
-            )
-            val_loader = make_loader(data, val_idx, 4096, shuffle=False, pin_memory=pin) if n_val else None
-            try:
-                with _graceful_interrupt(trainer) as interrupt:
-                    trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
-            except FloatingPointError as e:
-                self.module.to("cpu").eval()
-                kept = (
-                    f"the weights of its best epoch ({best.best_epoch})"
-                    if best and best.best_epoch is not None
-                    else "the last finite weights"
-                )
-                what = str(e).split(";")[0]  # the plan's own advice follows here, with the likelihood too
-                msg = (
-                    f"Training diverged: {what}. Try a lower learning_rate (e.g. {learning_rate / 10:g}), check the "
-                    f"data for extreme values or wrong units, or try likelihood='nb'. The model keeps {kept}."
-                )
-                raise FloatingPointError(msg) from None
-        elapsed = time.perf_counter() - start
-        self.module.to("cpu").eval()
-
-        hist = plan.history
-        n_epochs = len(hist["train_loss"])
-        val = hist["validation_loss"][:n_epochs] + [np.nan] * (n_epochs - len(hist["validation_loss"]))
-        self.history = pd.DataFrame(
-            {"train_loss": hist["train_loss"], "validation_loss": val}, index=pd.RangeIndex(n_epochs, name="epoch")
-        )
-        if interrupt["interrupted"]:
-            stop_reason = "interrupted"
-        elif early_stopping and stopper.stopped_epoch > 0:
-            stop_reason = "early_stopping"
-        elif n_epochs < max_epochs:
-            stop_reason = "max_time"
-        else:
-            stop_reason = "max_epochs"
-        if stop_reason in ("interrupted", "max_time"):
-            warnings.warn(
-                f"training stopped early ({stop_reason}) after {n_epochs} epochs; the results are from the best "
-                "weights so far and are marked incomplete.",
-                UserWarning,
-                stacklevel=2,
-            )
+        self.history = outcome.history
+        n_epochs, stop_reason, elapsed = outcome.n_epochs, outcome.stop_reason, outcome.seconds
         self.trained_epochs = previous_epochs + n_epochs
         self.training_info = {
             "n_epochs": n_epochs,
             "max_epochs": int(max_epochs),
-            "best_epoch": int(best.best_epoch) if best is not None and best.best_epoch is not None else n_epochs - 1,
+            "best_epoch": outcome.best_epoch,
             "stopped_early": bool(n_epochs < max_epochs),
             "stop_reason": stop_reason,
             "complete": stop_reason in ("early_stopping", "max_epochs"),

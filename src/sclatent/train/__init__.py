@@ -2,6 +2,7 @@
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
 from ._data import BatchIndexSampler, CellData, holdout_split, make_loader
+from ._fit import FitOutcome, run_fit
 from ._plan import TrainingPlan
 
 __all__ = [
@@ -9,8 +10,10 @@ __all__ = [
     "BestWeights",
     "CellData",
     "EpochProgressBar",
+    "FitOutcome",
     "TrainingPlan",
     "WarmEarlyStopping",
     "holdout_split",
     "make_loader",
+    "run_fit",
 ]
