@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from datetime import timedelta  # noqa: TC003 - in the signature users read
 from pathlib import Path
@@ -14,10 +13,10 @@ import pandas as pd
 import torch
 from scanpy import logging as logg
 
-from .. import __version__
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
-from ..nn._base import check_norm
-from ..train import CellData, TrainingPlan, holdout_split, run_fit
+from ..nn._base import check_layers, check_norm
+from ..train import CellData, TrainingPlan, check_fit_arguments, holdout_split, run_fit
+from ._persist import history_from_json, history_to_json, read_model, write_model
 from ._setup import MIN_GENE_OVERLAP, DataSetup
 
 if TYPE_CHECKING:
@@ -26,9 +25,6 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
 
-_CONFIG_FILE = "config.json"
-_WEIGHTS_FILE = "model.pt"
-_FORMAT = 1
 #: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
 _SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False}
 
@@ -36,25 +32,6 @@ _SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize
 def default_max_epochs(n_cells: int) -> int:
     """Epochs to train for when ``max_epochs`` is not given: about 20,000 steps' worth of cells, 20 to 400 epochs."""
     return int(np.clip(round(2_500_000 / max(n_cells, 1)), 20, 400))
-
-
-def _check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
-    """Return the group labels as strings, checked: one per cell, none missing, at least two groups."""
-    labels = pd.Series(np.asarray(groups, dtype=object))
-    if len(labels) != n:
-        msg = f"validation_groups has {len(labels)} labels for {n} cells; pass one label per training cell, e.g. `adata.obs['donor']`."
-        raise ValueError(msg)
-    if labels.isna().any():
-        msg = f"validation_groups has {int(labels.isna().sum())} missing labels; fill or drop those cells first."
-        raise ValueError(msg)
-    labels = labels.astype(str).to_numpy()
-    if len(set(labels)) < 2:
-        msg = "validation_groups has a single group, so none can be held out; pass a column with two or more groups, or leave it out for a random split."
-        raise ValueError(msg)
-    if validation_fraction == 0:
-        msg = "validation_groups holds out whole groups for validation; set validation_fraction > 0."
-        raise ValueError(msg)
-    return labels
 
 
 class Autoencoder:
@@ -130,13 +107,7 @@ class Autoencoder:
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)
         check_norm(norm)  # before the data are read
-        for name, value, low in (("n_latent", n_latent, 1), ("n_hidden", n_hidden, 1), ("n_layers", n_layers, 1)):
-            if not isinstance(value, int | np.integer) or value < low:
-                msg = f"{name} must be an integer ≥ {low}, got {value!r}."
-                raise ValueError(msg)
-        if not 0 <= dropout_rate < 1:
-            msg = f"dropout_rate must be in [0, 1), got {dropout_rate!r}."
-            raise ValueError(msg)
+        check_layers(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate)
         self.setup = DataSetup.from_adata(
             adata,
             counts=likelihood_cls.counts,
@@ -264,23 +235,17 @@ class Autoencoder:
         n = X.shape[0]
         if max_epochs is None:
             max_epochs = default_max_epochs(n)
-        if not isinstance(max_epochs, int | np.integer) or max_epochs < 1:
-            msg = f"max_epochs must be a positive integer, got {max_epochs!r}."
-            raise ValueError(msg)
-        if not 0 <= validation_fraction < 1:
-            msg = f"validation_fraction must be in [0, 1), got {validation_fraction!r}."
-            raise ValueError(msg)
-        if batch_size < 2:
-            msg = f"batch_size must be at least 2, got {batch_size!r}."
-            raise ValueError(msg)
-        if early_stopping and validation_fraction == 0:
-            msg = "early_stopping needs held-out cells; set validation_fraction > 0 or early_stopping=False."
-            raise ValueError(msg)
+        validation_groups = check_fit_arguments(
+            n,
+            max_epochs=max_epochs,
+            validation_fraction=validation_fraction,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            validation_groups=validation_groups,
+        )
         if checkpoint_dir is not None and validation_fraction == 0:
             msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
             raise ValueError(msg)
-        if validation_groups is not None:
-            validation_groups = _check_groups(validation_groups, n, validation_fraction)
         if kl_warmup_epochs is None:
             kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
         if not self.config.variational:
@@ -703,14 +668,7 @@ class Autoencoder:
 
         ``model.pt`` holds only tensors and plain containers, so it loads with ``torch.load(..., weights_only=True)``.
         """
-        path = Path(path)
-        if path.exists() and not overwrite and any(path.iterdir()):
-            msg = f"{path} exists and is not empty; pass overwrite=True to replace it."
-            raise FileExistsError(msg)
-        path.mkdir(parents=True, exist_ok=True)
         meta = {
-            "format": _FORMAT,
-            "sclatent_version": __version__,
             "config": self.config.to_dict(),
             "setup": self.setup.to_dict(),
             "random_state": self.random_state,
@@ -719,33 +677,14 @@ class Autoencoder:
             "training_info": self.training_info,
             "train_indices": self.train_indices.tolist(),
             "validation_indices": self.validation_indices.tolist(),
-            "history": {k: [None if np.isnan(v) else v for v in self.history[k]] for k in self.history},
+            "history": history_to_json(self.history),
         }
-        (path / _CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, path / _WEIGHTS_FILE)
+        write_model(path, meta, self.module, kind="Autoencoder", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> Autoencoder:
         """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its default data."""
-        path = Path(path)
-        try:
-            meta = json.loads((path / _CONFIG_FILE).read_text())
-        except FileNotFoundError:
-            msg = f"{path} has no {_CONFIG_FILE}; pass the directory that `model.save(path)` wrote."
-            raise FileNotFoundError(msg) from None
-        except json.JSONDecodeError as e:
-            msg = f"{path / _CONFIG_FILE} is corrupted ({e}); save the model again with `model.save(path, overwrite=True)`."
-            raise ValueError(msg) from None
-        if meta.get("format") != _FORMAT:
-            msg = f"{path} was written in model format {meta.get('format')!r} (sclatent {meta.get('sclatent_version')}); this sclatent ({__version__}) reads format {_FORMAT}. Load it with the sclatent version that wrote it, or train the model again."
-            raise ValueError(msg)
-        try:
-            state = torch.load(path / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            msg = f"{path / _WEIGHTS_FILE} could not be read; the file is corrupted or truncated ({type(e).__name__}: {e}); save the model again with `model.save(path, overwrite=True)`."
-            raise ValueError(msg) from None
+        meta, state = read_model(path, kind="Autoencoder")
         self = cls.__new__(cls)
         # files written before a setting existed were trained with its behaviour then, whatever today's default
         self.config = AutoencoderConfig(**(_SETTINGS_BEFORE_SAVED | meta["config"]))
@@ -759,10 +698,6 @@ class Autoencoder:
         self.training_info = meta["training_info"]
         self.train_indices = np.asarray(meta.get("train_indices", []), dtype=int)
         self.validation_indices = np.asarray(meta.get("validation_indices", []), dtype=int)
-        hist = meta["history"]
-        self.history = pd.DataFrame(
-            {k: np.array([np.nan if v is None else v for v in hist[k]], dtype=float) for k in hist},
-            index=pd.RangeIndex(len(hist.get("train_loss", [])), name="epoch"),
-        )
+        self.history = history_from_json(meta["history"])
         self._data = self.setup.read(adata) if adata is not None else None
         return self

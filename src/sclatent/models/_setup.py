@@ -108,6 +108,18 @@ def check_values(X, *, layer: str | None, counts: bool) -> None:
             raise ValueError(msg)
 
 
+def check_labels(adata: AnnData, label_key: str, *, name: str = "adata") -> pd.Series:
+    """Return ``adata.obs[label_key]`` as strings, checked to exist and to label every cell (``name`` is how errors call ``adata``)."""
+    if label_key not in adata.obs:
+        msg = f"{name}.obs has no column {label_key!r} (columns: {list(adata.obs.columns)}); pass the column with the labels as `label_key`."
+        raise KeyError(msg)
+    labels = adata.obs[label_key]
+    if labels.isna().any():
+        msg = f"{int(labels.isna().sum())} {name} cells have no label in obs[{label_key!r}]; drop them first, e.g. `{name}[{name}.obs[{label_key!r}].notna()].copy()`."
+        raise ValueError(msg)
+    return labels.astype(str)
+
+
 def _categorical(adata: AnnData, key: str) -> pd.Series:
     """Return the column, checked for missing values."""
     if key not in adata.obs:

@@ -1,6 +1,7 @@
 """Pure :mod:`torch` modules and the likelihoods (the hooks for new observation models)."""
 
 from ._autoencoder import AutoencoderConfig, AutoencoderModule, LossOutput
+from ._classifier import ClassifierConfig, ClassifierModule
 from ._likelihoods import (
     GaussianLikelihood,
     Likelihood,
@@ -21,6 +22,8 @@ from ._likelihoods import (
 __all__ = [
     "AutoencoderConfig",
     "AutoencoderModule",
+    "ClassifierConfig",
+    "ClassifierModule",
     "GaussianLikelihood",
     "Likelihood",
     "LossOutput",

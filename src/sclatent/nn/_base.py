@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -11,6 +12,17 @@ def check_norm(norm: str) -> None:
     """Raise unless ``norm`` is one of :data:`NORMS`."""
     if norm not in NORMS:
         msg = f"norm must be one of {list(NORMS)}, got {norm!r}; pass one of them."
+        raise ValueError(msg)
+
+
+def check_layers(*, dropout_rate: float, **sizes: int) -> None:
+    """Raise unless every size is an integer ≥ 1 and ``dropout_rate`` is in [0, 1)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int | np.integer) or value < 1:
+            msg = f"{name} must be an integer ≥ 1, got {value!r}."
+            raise ValueError(msg)
+    if not 0 <= dropout_rate < 1:
+        msg = f"dropout_rate must be in [0, 1), got {dropout_rate!r}."
         raise ValueError(msg)
 
 

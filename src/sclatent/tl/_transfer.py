@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scanpy import logging as logg
 
+from ..models._setup import check_labels
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -118,13 +120,7 @@ def transfer_labels(
     """
     from sklearn.neighbors import NearestNeighbors
 
-    if label_key not in reference.obs:
-        msg = f"reference.obs has no column {label_key!r} (columns: {list(reference.obs.columns)}); pass the column with the labels as `label_key`."
-        raise KeyError(msg)
-    labels = reference.obs[label_key]
-    if labels.isna().any():
-        msg = f"{int(labels.isna().sum())} reference cells have no label in obs[{label_key!r}]; drop them first, e.g. `reference[reference.obs[{label_key!r}].notna()].copy()`."
-        raise ValueError(msg)
+    labels = check_labels(reference, label_key, name="reference")
     if not isinstance(n_neighbors, int | np.integer) or not 1 <= n_neighbors < reference.n_obs:
         msg = f"n_neighbors must be an integer from 1 to {reference.n_obs - 1} (the reference's cells minus one), got {n_neighbors!r}; pass a smaller value."
         raise ValueError(msg)

@@ -1,7 +1,7 @@
 """Training: the Lightning plan, the data path and callbacks."""
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
-from ._data import BatchIndexSampler, CellData, holdout_split, make_loader
+from ._data import BatchIndexSampler, CellData, check_fit_arguments, check_groups, holdout_split, make_loader
 from ._fit import FitOutcome, run_fit
 from ._plan import TrainingPlan
 
@@ -13,6 +13,8 @@ __all__ = [
     "FitOutcome",
     "TrainingPlan",
     "WarmEarlyStopping",
+    "check_fit_arguments",
+    "check_groups",
     "holdout_split",
     "make_loader",
     "run_fit",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,14 +30,19 @@ class CellData(Dataset):
         Integer codes of the categorical covariates (cells × keys).
     cont
         Standardised continuous covariates (cells × keys).
+    labels
+        Optional integer class of each cell (for a classifier), given in each batch as ``"y"``.
     """
 
-    def __init__(self, X, library: np.ndarray, cat: np.ndarray, cont: np.ndarray) -> None:
+    def __init__(
+        self, X, library: np.ndarray, cat: np.ndarray, cont: np.ndarray, labels: np.ndarray | None = None
+    ) -> None:
         self.X = X
         self.shape = X.shape
         self.library = torch.from_numpy(np.asarray(library, dtype=np.float32)).reshape(-1, 1)
         self.cat = torch.from_numpy(np.asarray(cat, dtype=np.int64))
         self.cont = torch.from_numpy(np.asarray(cont, dtype=np.float32))
+        self.labels = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self._csr = self._dense = None
         if sp.issparse(X):
             # the row pointers stay on the host: each batch's size is known without waiting for the device
@@ -53,7 +59,8 @@ class CellData(Dataset):
     def nbytes(self) -> int:
         """Bytes of the matrix and per-cell arrays as held in tensors (0 for backed data)."""
         held = [*(self._csr or ()), *([self._dense] if self._dense is not None else [])]
-        return sum(t.numel() * t.element_size() for t in [*held, self.library, self.cat, self.cont])
+        held += [self.library, self.cat, self.cont, *([self.labels] if self.labels is not None else [])]
+        return sum(t.numel() * t.element_size() for t in held)
 
     @property
     def in_tensors(self) -> bool:
@@ -71,6 +78,8 @@ class CellData(Dataset):
         if self._dense is not None:
             self._dense = self._dense.to(device)
         self.library, self.cat, self.cont = (t.to(device) for t in (self.library, self.cat, self.cont))
+        if self.labels is not None:
+            self.labels = self.labels.to(device)
         self.device = device
         return self
 
@@ -99,12 +108,15 @@ class CellData(Dataset):
     def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.asarray(idx, dtype=np.int64)
         rows = torch.from_numpy(idx).to(self.device, non_blocking=True)
-        return {
+        batch = {
             "x": self._rows(idx, rows),
             "library": self.library.index_select(0, rows),
             "cat": self.cat.index_select(0, rows),
             "cont": self.cont.index_select(0, rows),
         }
+        if self.labels is not None:
+            batch["y"] = self.labels.index_select(0, rows)
+        return batch
 
 
 class BatchIndexSampler(Sampler):
@@ -171,3 +183,47 @@ def holdout_split(
             break
     is_val = np.isin(codes, held)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
+    """Return the group labels as strings, checked: one per cell, none missing, at least two groups."""
+    labels = pd.Series(np.asarray(groups, dtype=object))
+    if len(labels) != n:
+        msg = f"validation_groups has {len(labels)} labels for {n} cells; pass one label per training cell, e.g. `adata.obs['donor']`."
+        raise ValueError(msg)
+    if labels.isna().any():
+        msg = f"validation_groups has {int(labels.isna().sum())} missing labels; fill or drop those cells first."
+        raise ValueError(msg)
+    labels = labels.astype(str).to_numpy()
+    if len(set(labels)) < 2:
+        msg = "validation_groups has a single group, so none can be held out; pass a column with two or more groups, or leave it out for a random split."
+        raise ValueError(msg)
+    if validation_fraction == 0:
+        msg = "validation_groups holds out whole groups for validation; set validation_fraction > 0."
+        raise ValueError(msg)
+    return labels
+
+
+def check_fit_arguments(
+    n: int,
+    *,
+    max_epochs: int,
+    validation_fraction: float,
+    batch_size: int,
+    early_stopping: bool,
+    validation_groups=None,
+) -> np.ndarray | None:
+    """Raise on fit arguments that cannot work, before any training; return the checked ``validation_groups``."""
+    if not isinstance(max_epochs, int | np.integer) or max_epochs < 1:
+        msg = f"max_epochs must be a positive integer, got {max_epochs!r}."
+        raise ValueError(msg)
+    if not 0 <= validation_fraction < 1:
+        msg = f"validation_fraction must be in [0, 1), got {validation_fraction!r}."
+        raise ValueError(msg)
+    if batch_size < 2:
+        msg = f"batch_size must be at least 2, got {batch_size!r}."
+        raise ValueError(msg)
+    if early_stopping and validation_fraction == 0:
+        msg = "early_stopping needs held-out cells; set validation_fraction > 0 or early_stopping=False."
+        raise ValueError(msg)
+    return None if validation_groups is None else check_groups(validation_groups, n, validation_fraction)

@@ -108,7 +108,7 @@ def _graceful_interrupt(trainer: L.Trainer) -> Iterator[dict]:
 
 @dataclass
 class FitOutcome:
-    """What :func:`run_fit` reports about a finished fit."""
+    """What :func:`~sclatent.train.run_fit` reports about a finished fit."""
 
     #: ``train_loss`` and ``validation_loss`` per epoch (NaN where there was no validation).
     history: pd.DataFrame
