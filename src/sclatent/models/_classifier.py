@@ -127,7 +127,8 @@ class Classifier:
         """Train with cross-entropy on the AnnData given at construction.
 
         The validation cells (random, or whole ``validation_groups``) are held out for early
-        stopping; the best epoch's weights are kept. Interrupts, ``max_time`` and a diverging
+        stopping; the best epoch's weights are kept. The probabilities are then calibrated on
+        the same cells by temperature scaling (``training_info["temperature"]``). Interrupts, ``max_time`` and a diverging
         loss are handled as in :meth:`Autoencoder.fit <sclatent.models.Autoencoder.fit>`.
 
         Parameters
@@ -183,6 +184,7 @@ class Classifier:
             max_time=max_time,
         )
         self.history = outcome.history
+        temperature = self._calibrate(val_idx) if len(val_idx) else 1.0
         self.training_info = {
             "n_epochs": outcome.n_epochs,
             "max_epochs": int(max_epochs),
@@ -195,6 +197,7 @@ class Classifier:
             "batch_size": int(batch_size),
             "learning_rate": float(learning_rate),
             "weight_decay": float(weight_decay),
+            "temperature": temperature,
         }
         if validation_groups is not None:
             self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))
@@ -203,18 +206,40 @@ class Classifier:
         return self
 
     @torch.inference_mode()
-    def predict_proba(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> pd.DataFrame:
-        """Class probabilities (cells × classes), for ``adata`` (genes matched by name) or the training data."""
-        if adata is None and self._data is None:
-            msg = "this classifier holds no data (it was loaded); pass `adata` to predict."
-            raise ValueError(msg)
-        X, library, cat, cont = self._data if adata is None else self.setup.read(adata)
-        data = CellData(X, library, cat, cont)
+    def _logits(self, data: CellData, batch_size: int = 4096) -> np.ndarray:
         self.module.eval()
         out = np.empty((len(data), len(self.classes)), dtype=np.float32)
         for start in range(0, len(data), batch_size):
             b = data[np.arange(start, min(start + batch_size, len(data)))]
-            out[start : start + len(b["x"])] = torch.softmax(self.module.logits(b["x"], b["library"]), -1).numpy()
+            out[start : start + len(b["x"])] = self.module.logits(b["x"], b["library"]).numpy()
+        return out
+
+    def _calibrate(self, idx: np.ndarray) -> float:
+        """Temperature scaling: the temperature that minimises the cross-entropy of the held-out cells ``idx``."""
+        from scipy.optimize import minimize_scalar
+        from scipy.special import log_softmax
+
+        self.module.temperature.fill_(1.0)
+        X, library, cat, cont = self._data
+        logits = self._logits(CellData(X[idx], library[idx], cat[idx], cont[idx])).astype(np.float64)
+        y = self._codes[idx]
+
+        def nll(log_t: float) -> float:
+            return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean())
+
+        log_t = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x
+        self.module.temperature.fill_(float(np.exp(log_t)))
+        return float(np.exp(log_t))
+
+    @torch.inference_mode()
+    def predict_proba(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> pd.DataFrame:
+        """Class probabilities (cells × classes), calibrated, for ``adata`` (genes matched by name) or the training data."""
+        if adata is None and self._data is None:
+            msg = "this classifier holds no data (it was loaded); pass `adata` to predict."
+            raise ValueError(msg)
+        X, library, cat, cont = self._data if adata is None else self.setup.read(adata)
+        logits = torch.from_numpy(self._logits(CellData(X, library, cat, cont), batch_size))
+        out = torch.softmax(logits, -1).numpy()
         index = None if adata is None else adata.obs_names
         return pd.DataFrame(out, columns=self.classes, index=index)
 

@@ -1,6 +1,7 @@
 """Tools: models trained on, and analyses run on, an AnnData."""
 
 from ._autoencode import autoencode
+from ._classify import classify
 from ._compare import compare_embeddings
 from ._denoise import denoise
 from ._gene_trends import gene_trends
@@ -14,6 +15,7 @@ from ._umap import umap
 
 __all__ = [
     "autoencode",
+    "classify",
     "compare_embeddings",
     "denoise",
     "gene_trends",

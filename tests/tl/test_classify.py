@@ -1,0 +1,90 @@
+"""Cross-validated classification with groups kept apart, an external hold-out and the baseline, on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+import sclatent as sl
+
+from sclatent_test_helpers import assert_names_fix
+
+matplotlib.use("Agg")
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def kang_classified():
+    kang = ad.read_h5ad(DATA / "kang2018_stim_subset.h5ad")
+    model = sl.tl.classify(kang, "group_id", holdout={"patient_id": ["107"]}, return_model=True)
+    return kang, model
+
+
+def test_stimulation_in_a_held_out_donor_matches_the_baseline(kang_classified):
+    kang, model = kang_classified
+    res = kang.uns["sclatent_classify"]
+    held = res["holdout"].pivot(index="metric", columns="method", values="value")
+    # measured: balanced accuracy 0.993 (baseline 0.995), AUROC 1.000, calibration error 0.006
+    assert held.loc["balanced_accuracy", "sclatent"] >= 0.9
+    assert held.loc["balanced_accuracy", "sclatent"] >= held.loc["balanced_accuracy", "baseline"] - 0.01
+    assert held.loc["auroc", "sclatent"] >= 0.95
+    assert held.loc["ece", "sclatent"] < 0.05
+    folds = res["folds"]
+    assert set(folds["fold"]) == set(range(5))
+    assert set(folds["metric"]) == {"accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"}
+    # the donor held out is never in a fold; every other cell is tested once, out of fold
+    donor = kang.obs["patient_id"].astype(str).to_numpy()
+    assert (res["test_fold"][donor == "107"] == -1).all()
+    assert (res["test_fold"][donor == "101"] >= 0).all()
+    proba = kang.obsm["sclatent_classify_proba"]
+    assert np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+    assert list(kang.obs["sclatent_classify"].cat.categories) == ["ctrl", "stim"]
+    assert res["holdout_confusion_matrix"].sum() == (donor == "107").sum()
+    assert model.training_info["n_train_cells"] + model.training_info["n_validation_cells"] == (donor == "101").sum()
+    fig = sl.pl.classify(kang, show=False)
+    assert len(fig.axes) == 2
+
+
+def test_cell_lines_with_plates_as_groups(cellbench_5cl):
+    adata = cellbench_5cl.copy()
+    sl.tl.classify(adata, "cell_line_demuxlet", groups_key="batch", n_splits=3, baseline=False)
+    res = adata.uns["sclatent_classify"]
+    plates = adata.obs["batch"].astype(str).to_numpy()
+    for plate in set(plates):  # each plate is tested in one fold, so it is never on both sides
+        assert len(set(res["test_fold"][plates == plate])) == 1
+    accuracy = res["folds"].query("metric == 'accuracy'")["value"]
+    assert (accuracy >= 0.95).all()  # measured 1.0 in every fold
+    assert set(res["folds"]["method"]) == {"sclatent"}
+    fig = sl.pl.classify(adata, show=False)
+    assert fig is not None
+
+
+def test_bad_input_fails_before_training(kang_classified):
+    kang, _ = kang_classified
+    unlabelled = kang.copy()
+    unlabelled.obs["group_id"] = unlabelled.obs["group_id"].astype(object)
+    unlabelled.obs.iloc[:2, unlabelled.obs.columns.get_loc("group_id")] = np.nan
+    lonely = kang.copy()
+    lonely.obs["group_id"] = lonely.obs["group_id"].astype(str)
+    lonely.obs.iloc[0, lonely.obs.columns.get_loc("group_id")] = "alone"
+    cases = [
+        (unlabelled, {}, ValueError, "2 adata cells have no label"),
+        (lonely, {}, ValueError, "fewer training cells than n_splits"),
+        (kang, {"groups_key": "patient_id"}, ValueError, "2 groups outside the holdout, fewer than n_splits=5"),
+        (kang, {"holdout": {"group_id": ["stim"]}}, ValueError, "removes every cell of the classes"),
+        (kang, {"holdout": {"no_such": ["x"]}}, KeyError, "not a column"),
+        (kang, {"holdout": {"patient_id": ["999"]}}, ValueError, "not in adata.obs"),
+        (kang, {"n_splits": 1}, ValueError, "n_splits"),
+    ]
+    for adata, kwargs, error, match in cases:
+        before = adata.obs.copy()
+        with pytest.raises(error, match=match) as raised:
+            sl.tl.classify(adata, "group_id", key_added="bad", **kwargs)
+        assert_names_fix(raised.value)
+        assert "bad" not in adata.uns
+        pd.testing.assert_frame_equal(adata.obs, before)
