@@ -215,10 +215,18 @@ class AutoencoderModule(nn.Module):
         ``library`` (cells × 1, each cell's total counts, as in a batch's ``"library"``) scales the
         input when ``config.normalize_input``; without it the totals are summed from ``x``.
         """
+        return self.encode_input(self.encoder_input(x, library), cov)
+
+    def encoder_input(self, x: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+        """Return what the encoder's first layer sees for data ``x``: ``log1p`` of counts (per 10,000 with ``normalize_input``)."""
         if self.config.normalize_input and self.likelihood.counts:
             total = x.sum(-1, keepdim=True) if library is None else library
             x = x * (_TARGET_SUM / total.clamp_min(1.0))
-        mean, var = self.encoder(self.likelihood.encoder_input(x), cov if self.config.encode_covariates else None)
+        return self.likelihood.encoder_input(x)
+
+    def encode_input(self, h: torch.Tensor, cov: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance from the encoder's input ``h`` (see :meth:`encoder_input`)."""
+        mean, var = self.encoder(h, cov if self.config.encode_covariates else None)
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
 
     def decode(self, z: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor) -> Distribution:

@@ -77,8 +77,16 @@ class ClassifierModule(nn.Module):
 
     def logits(self, x: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (cells × classes), divided by the temperature, from raw counts ``x``."""
+        return self.logits_from_input(self.normalize(x, library))
+
+    @staticmethod
+    def normalize(x: torch.Tensor, library: torch.Tensor | None = None) -> torch.Tensor:
+        """``log1p`` of counts per 10,000 (``library``: each cell's total, by default summed from ``x``)."""
         total = x.sum(-1, keepdim=True) if library is None else library
-        h = torch.log1p(x * (_TARGET_SUM / total.clamp_min(1.0)))
+        return torch.log1p(x * (_TARGET_SUM / total.clamp_min(1.0)))
+
+    def logits_from_input(self, h: torch.Tensor) -> torch.Tensor:
+        """Class logits from log-normalised expression ``h`` (see :meth:`normalize`)."""
         return self.head(self.body(h)) / self.temperature
 
     def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossOutput:

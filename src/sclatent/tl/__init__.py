@@ -1,5 +1,6 @@
 """Tools: models trained on, and analyses run on, an AnnData."""
 
+from ._attribute import attribute
 from ._autoencode import autoencode
 from ._classify import classify
 from ._compare import compare_embeddings
@@ -14,6 +15,7 @@ from ._tune import tune
 from ._umap import umap
 
 __all__ = [
+    "attribute",
     "autoencode",
     "classify",
     "compare_embeddings",

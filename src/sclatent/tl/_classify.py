@@ -243,9 +243,7 @@ def classify(
     for fold, (tr, te) in enumerate(folds):
         tr, te = train_cells[tr], train_cells[te]
         if groups is not None and set(groups[tr]) & set(groups[te]):  # never: the folds are grouped
-            msg = (
-                f"fold {fold}: a group is both trained on and tested; please report this with your data's group sizes."
-            )
+            msg = f"fold {fold}: a group is both trained on and tested; check that groups_key names whole groups (e.g. donors), and report this with your data's group sizes."
             raise RuntimeError(msg)
         test_fold[te] = fold
         clf = train(tr)
