@@ -18,6 +18,7 @@ TUTORIALS = [
     "02_batch_correction",
     "03_trajectories_paul15",
     "04_likelihoods_denoising",
+    "05_donors_classification_mapping",
 ]
 
 

@@ -67,7 +67,7 @@ def classify(
     counts = np.asarray(res["holdout_confusion_matrix" if holdout else "confusion_matrix"])
     table = pd.DataFrame(res["holdout" if holdout else "folds"])
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(5 + 0.4 * len(classes), 3.5 + 0.25 * len(classes)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8 + 0.4 * len(classes), 3.5 + 0.3 * len(classes)))
     fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     left.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
