@@ -59,7 +59,7 @@ def test_interferon_genes_explain_stimulation():
     assert res["convergence"].loc[0, "relative_delta"] < 0.05  # measured 0.017
 
 
-def test_cell_type_attributions_match_marker_genes(pbmc_attributed):
+def test_cell_type_attributions_match_marker_genes(pbmc_attributed, tmp_path):
     adata, clf, markers = pbmc_attributed
     res = adata.uns["sclatent_attribute"]["results"]
     n_genes = adata.n_vars
@@ -71,6 +71,7 @@ def test_cell_type_attributions_match_marker_genes(pbmc_attributed):
     assert min(rank["NK cells", "NKG7"], rank["NK cells", "GNLY"]) <= 20
     assert rank["Megakaryocytes", "PPBP"] <= 20
     assert (adata.uns["sclatent_attribute"]["convergence"]["relative_delta"] < 0.05).all()
+    adata.write_h5ad(tmp_path / "attributed.h5ad")  # the results can be stored
     fig = sl.pl.attribute(adata, n_genes=10, show=False)
     assert len([ax for ax in fig.axes if ax.has_data()]) == len(clf.classes)
 

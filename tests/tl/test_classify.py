@@ -25,7 +25,7 @@ def kang_classified():
     return kang, model
 
 
-def test_stimulation_in_a_held_out_donor_matches_the_baseline(kang_classified):
+def test_stimulation_in_a_held_out_donor_matches_the_baseline(kang_classified, tmp_path):
     kang, model = kang_classified
     res = kang.uns["sclatent_classify"]
     held = res["holdout"].pivot(index="metric", columns="method", values="value")
@@ -48,6 +48,9 @@ def test_stimulation_in_a_held_out_donor_matches_the_baseline(kang_classified):
     assert model.training_info["n_train_cells"] + model.training_info["n_validation_cells"] == (donor == "101").sum()
     fig = sl.pl.classify(kang, show=False)
     assert len(fig.axes) == 2
+    kang.write_h5ad(tmp_path / "classified.h5ad")  # everything written can be stored
+    back = ad.read_h5ad(tmp_path / "classified.h5ad")
+    assert np.array_equal(back.uns["sclatent_classify"]["test_fold"], res["test_fold"])
 
 
 def test_cell_lines_with_plates_as_groups(cellbench_5cl):
@@ -88,3 +91,15 @@ def test_bad_input_fails_before_training(kang_classified):
         assert_names_fix(raised.value)
         assert "bad" not in adata.uns
         pd.testing.assert_frame_equal(adata.obs, before)
+
+
+def test_a_class_in_one_group_only_fails_before_training(cellbench_5cl):
+    adata = cellbench_5cl.copy()
+    labels = adata.obs["cell_line_demuxlet"].astype(str).to_numpy()
+    plates = adata.obs["batch"].astype(str).to_numpy()
+    labels[(plates == "p1") & (labels == labels[0])] = "only on p1"
+    adata.obs["line"] = labels
+    with pytest.raises(ValueError, match="fewer than 2 cells of the classes") as raised:
+        sl.tl.classify(adata, "line", groups_key="batch", n_splits=3)
+    assert_names_fix(raised.value)
+    assert "sclatent_classify" not in adata.uns

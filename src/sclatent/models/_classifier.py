@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
 
 
+class ValidationTakesClassError(ValueError):
+    """The held-out validation cells would take every training cell of a class."""
+
+
 class Classifier:
     """A neural-network classifier of cells from their raw counts (cell type, condition, …).
 
@@ -147,6 +151,9 @@ class Classifier:
         -------
         The trained classifier itself.
         """
+        if self._data is None:
+            msg = "this classifier was loaded and holds no data to train on; train a new one, `sl.models.Classifier(adata, label_key).fit()`."
+            raise ValueError(msg)
         X, library, cat, cont = self._data
         n = X.shape[0]
         if max_epochs is None:
@@ -164,7 +171,8 @@ class Classifier:
         missing = sorted(set(self.classes) - {self.classes[c] for c in np.unique(self._codes[train_idx])})
         if missing:
             msg = f"holding out the validation cells leaves no training cell of the classes {missing}; lower validation_fraction or hold out other groups."
-            raise ValueError(msg)
+            raise ValidationTakesClassError(msg)
+        self.module.temperature.fill_(1.0)  # calibrated again below
         data = CellData(X, library, cat, cont, labels=self._codes)
         plan = TrainingPlan(self.module, learning_rate=learning_rate, weight_decay=weight_decay, kl_warmup_epochs=0)
         outcome = run_fit(

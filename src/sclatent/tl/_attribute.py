@@ -27,7 +27,8 @@ def _targets(model, target) -> list:
 
     if isinstance(model, Classifier):
         known = list(model.classes)
-        targets = known if target is None else [target] if isinstance(target, str) else list(target)
+        scalar = isinstance(target, str) or np.isscalar(target)
+        targets = known if target is None else [target] if scalar else list(target)
         unknown = [t for t in targets if str(t) not in known]
         if unknown:
             msg = f"target {unknown} is not a class of the classifier; pass classes from {known}."
@@ -85,9 +86,10 @@ def attribute(
     For a :class:`~sclatent.models.Classifier`, the explained output is the log-probability of
     the target class; for an :class:`~sclatent.models.Autoencoder`, the posterior mean of the
     target latent dimension, each cell with its own covariates. Attributions are to the model's
-    own input, the log-normalised expression of each gene that both models compute from the raw
-    counts (``log1p`` of counts per 10,000; for an autoencoder, what its encoder sees), so they
-    are per gene. A gene's score is its mean attribution over the cells explained: positive when
+    own input, which both models compute per gene from the raw data: for a classifier ``log1p``
+    of counts per 10,000; for an autoencoder what its encoder sees (the same with
+    ``normalize_input=True``, ``log1p`` of the raw counts without it, the values themselves with
+    the gaussian likelihood). So they are per gene. A gene's score is its mean attribution over the cells explained: positive when
     it pushes towards the target.
 
     Integrated gradients integrate the gradient from a baseline (``"zeros"``: no expression;

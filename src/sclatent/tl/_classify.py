@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,24 +51,32 @@ def scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     }
 
 
-def _log_normalised(X) -> np.ndarray:
+def _log_normalised(X):
+    """``log1p`` of counts per 10,000, kept sparse when the input is."""
     import scipy.sparse as sp
 
     X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     library = np.asarray(X.sum(axis=1)).ravel()
-    scale = 1e4 / np.maximum(library, 1.0)
-    X = X.multiply(scale[:, None]).tocsr() if sp.issparse(X) else X * scale[:, None]
-    return np.log1p(X.toarray() if sp.issparse(X) else X)
+    scale = (1e4 / np.maximum(library, 1.0)).astype(np.float32)
+    if sp.issparse(X):
+        X = sp.diags(scale) @ X
+        X.data = np.log1p(X.data)
+        return X.tocsr()
+    return np.log1p(X * scale[:, None])
 
 
 def baseline_proba(X_train, y_train: np.ndarray, X_test, n_classes: int, random_state: int) -> np.ndarray:
-    """Return the probabilities of a CellTypist-style baseline: logistic regression on PCA of log-normalised counts."""
+    """Return the probabilities of the baseline: logistic regression on PCA of log-normalised counts.
+
+    Fitted on the training cells alone (PCA included); sparse data stay sparse (PCA with ARPACK).
+    """
+    import scipy.sparse as sp
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
     train, test = _log_normalised(X_train), _log_normalised(X_test)
     n_comps = min(BASELINE_COMPONENTS, train.shape[0] - 1, train.shape[1] - 1)
-    pca = PCA(n_comps, random_state=random_state).fit(train)
+    pca = PCA(n_comps, svd_solver="arpack" if sp.issparse(train) else "auto", random_state=random_state).fit(train)
     model = LogisticRegression(max_iter=2000).fit(pca.transform(train), y_train)
     proba = np.zeros((test.shape[0], n_classes))
     proba[:, model.classes_] = model.predict_proba(pca.transform(test))
@@ -130,9 +139,11 @@ def classify(
     inside the model) is trained in each of ``n_splits`` stratified folds; with ``groups_key``
     the folds are grouped, so that no group (donor) is in both the training and the test cells
     of a fold. Within each fold, early stopping and the temperature that calibrates the
-    probabilities use held-out training cells (whole groups when there are enough). The
-    baseline, logistic regression on 50 principal components of log-normalised counts (as
-    CellTypist's models), is trained and scored in the same folds.
+    probabilities use held-out training cells: whole groups when there are at least two and
+    holding one out keeps every class in training, else random cells (a warning says so, and
+    ``uns[key_added]['validation']`` records which, fold by fold). The baseline, logistic
+    regression on 50 principal components of log-normalised counts, is trained and scored in
+    the same folds.
 
     ``holdout`` (e.g. ``{"donor": ["d7"]}``) sets cells aside before anything else: they are
     never used for training, early stopping or any choice, and are scored once at the end by
@@ -178,8 +189,10 @@ def classify(
         The calibrated probabilities, cells × classes (in ``uns[key_added]['classes']``' order).
     ``adata.uns[key_added]`` : :class:`dict`
         ``folds`` (a tidy table: fold, method, metric, value), ``test_fold`` (the fold each cell
-        is tested in; -1 for the hold-out), ``holdout`` (the metrics of the hold-out), ``confusion_matrix`` (out of fold, true classes in rows), ``holdout_confusion_matrix``,
-        ``classes``, ``params`` and ``versions``. Metrics: accuracy, balanced accuracy,
+        is tested in; -1 for the hold-out), ``holdout`` (the metrics of the hold-out),
+        ``confusion_matrix`` (out of fold, true classes in rows), ``holdout_confusion_matrix``
+        (all zeros without a hold-out), ``validation`` (for each training, ``"groups"`` or
+        ``"cells"``: what early stopping held out), ``classes``, ``params`` and ``versions``. Metrics: accuracy, balanced accuracy,
         macro-F1, one-vs-rest AUROC and expected calibration error (``ece``).
 
     Examples
@@ -190,6 +203,8 @@ def classify(
     from sklearn.metrics import confusion_matrix
 
     from ..models import Classifier
+    from ..models._classifier import ValidationTakesClassError
+    from ..models._setup import DataSetup
 
     labels = check_labels(adata, label_key).to_numpy()
     is_holdout = _holdout_mask(adata, holdout)
@@ -215,31 +230,56 @@ def classify(
             msg = f"groups_key={groups_key!r} has {n_groups} groups outside the holdout, fewer than n_splits={n_splits}; lower n_splits to at most {n_groups}, or use more groups."
             raise ValueError(msg)
 
-    start = logg.info(f"classifying {label_key!r} ({len(classes)} classes), {n_splits}-fold cross-validation")
+    DataSetup.from_adata(adata, counts=True, layer=layer).read(adata)  # the counts, checked before any training
     codes = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
+    folds = _folds(codes[train_cells], None if groups is None else groups[train_cells], n_splits, random_state)
+    for fold, (tr, _) in enumerate(folds):
+        n_train = np.bincount(codes[train_cells[tr]], minlength=len(classes))
+        if (n_train < 2).any():
+            few = [classes[c] for c in np.flatnonzero(n_train < 2)]
+            msg = (
+                f"fold {fold} would train on fewer than 2 cells of the classes {few}: grouped folds keep whole groups "
+                f"together, and these classes are in few groups. Lower n_splits, or drop the classes found in fewer "
+                f"than 2 groups of {groups_key!r}."
+            )
+            raise ValueError(msg)
+    if key_added in adata.obs or key_added in adata.uns:
+        warnings.warn(
+            f"overwriting adata.obs[{key_added!r}] and uns[{key_added!r}] from an earlier run; pass another `key_added` to keep both.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    start = logg.info(f"classifying {label_key!r} ({len(classes)} classes), {n_splits}-fold cross-validation")
     settings = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "random_state": random_state}
     fit_settings = {"max_epochs": max_epochs, "learning_rate": learning_rate, "progress_bar": progress_bar}
     proba = np.full((adata.n_obs, len(classes)), np.nan, dtype=np.float32)
     test_fold = np.full(adata.n_obs, -1, dtype=np.int64)
     rows = []
 
+    validation: list[str] = []
+
     def train(cells: np.ndarray) -> Classifier:
         sub = adata[cells]
         inner = None if groups is None or len(set(groups[cells])) < 2 else groups[cells]
         clf = Classifier(sub, label_key, layer=layer, **settings)
-        # every class stays in training: hold out groups only if that keeps them all
-        try:
-            return clf.fit(validation_groups=inner, **fit_settings)
-        except ValueError:
-            if inner is None:
-                raise
-            return clf.fit(**fit_settings)
+        if inner is not None:
+            try:  # early stopping and calibration on whole held-out groups ...
+                clf.fit(validation_groups=inner, **fit_settings)
+                validation.append("groups")
+                return clf
+            except ValidationTakesClassError:  # ... unless that takes every training cell of a class
+                logg.warning(
+                    "    holding out a whole group for early stopping would take every cell of a class; "
+                    "random cells are held out instead (calibration may then be optimistic)"
+                )
+        validation.append("cells")
+        return clf.fit(**fit_settings)
 
     def matrix(cells: np.ndarray):
         X = adata.layers[layer] if layer is not None else adata.X
         return X[cells]
 
-    folds = _folds(codes[train_cells], None if groups is None else groups[train_cells], n_splits, random_state)
     for fold, (tr, te) in enumerate(folds):
         tr, te = train_cells[tr], train_cells[te]
         if groups is not None and set(groups[tr]) & set(groups[te]):  # never: the folds are grouped
@@ -282,6 +322,7 @@ def classify(
         "classes": classes,
         "folds": pd.DataFrame(rows),
         "test_fold": test_fold,
+        "validation": validation,
         "holdout": pd.DataFrame(holdout_rows, columns=["method", "metric", "value"]),
         "confusion_matrix": confusion_matrix(codes[train_cells], predicted[train_cells], labels=range(len(classes))),
         "holdout_confusion_matrix": holdout_matrix
@@ -297,6 +338,8 @@ def classify(
             },
             "baseline": bool(baseline),
             "random_state": int(random_state),
+            "learning_rate": float(learning_rate),
+            **({"max_epochs": int(max_epochs)} if max_epochs is not None else {}),
             **{k: v for k, v in settings.items() if k != "random_state"},
         },
         "versions": _versions(),
