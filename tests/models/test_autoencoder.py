@@ -192,3 +192,46 @@ def test_normalised_input_makes_the_latent_ignore_library_size(pbmc_small):
         model.fit(max_epochs=2, progress_bar=False)
         same = np.allclose(model.get_latent(deeper), model.get_latent(), atol=1e-4)
         assert same == normalize_input
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), "0.5", True])
+def test_kl_weight_must_be_a_positive_number(pbmc_small, bad):
+    model = sl.models.Autoencoder(pbmc_small)
+    with pytest.raises(ValueError, match="kl_weight must be a positive finite number") as raised:
+        model.fit(max_epochs=2, kl_weight=bad, progress_bar=False)
+    assert_names_fix(raised.value)
+    assert not model.is_trained
+
+
+def test_kl_weight_scales_the_kl_term_after_warm_up(pbmc_small):
+    from lightning.pytorch.callbacks import Callback
+
+    class RecordWeight(Callback):
+        weights: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            self.weights.append(pl_module.kl_weight)
+
+    record = RecordWeight()
+    model = sl.models.Autoencoder(pbmc_small)
+    model.fit(
+        max_epochs=4, kl_warmup_epochs=2, kl_weight=0.5, early_stopping=False, progress_bar=False, callbacks=[record]
+    )
+    assert record.weights == [0.0, 0.25, 0.5, 0.5]
+    assert model.training_info["kl_weight"] == 0.5
+    # the validation loss is still the evidence lower bound, which elbo() computes
+    held_out = -model.elbo(indices=model.validation_indices).mean()
+    assert held_out == pytest.approx(model.history["validation_loss"].iloc[-1], rel=1e-4)
+
+
+def test_smaller_kl_weight_keeps_more_information_in_the_latent(pbmc_small):
+    """Half the KL weight lets the posterior move further from the prior: a larger KL on every seed."""
+    for seed in (0, 1):
+        kl = {}
+        for weight in (1.0, 0.5):
+            model = sl.models.Autoencoder(pbmc_small, random_state=seed)
+            model.fit(max_epochs=30, kl_weight=weight, early_stopping=False, progress_bar=False)
+            cells = model._inputs(None)[np.arange(pbmc_small.n_obs)]
+            with torch.no_grad():
+                kl[weight] = float(model.module.eval()(cells).kl.mean())
+        assert kl[0.5] > 1.2 * kl[1.0], kl

@@ -75,7 +75,13 @@ def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_s
     reference = pbmc_small[pbmc_small.obs["donor_batch"] == "a"].copy()
     query = pbmc_small[pbmc_small.obs["donor_batch"] == "b"].copy()
     model = sl.tl.autoencode(
-        reference, batch_key="donor_batch", max_epochs=5, progress_bar=False, denoise=False, return_model=True
+        reference,
+        batch_key="donor_batch",
+        max_epochs=5,
+        kl_weight=0.5,
+        progress_bar=False,
+        denoise=False,
+        return_model=True,
     )
     assert model.config.norm == "batch"
     with pytest.warns(UserWarning, match="norm=.layer."):
@@ -87,6 +93,7 @@ def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_s
         assert torch.equal(state[key], model.module.state_dict()[key]), key
     assert np.abs(mapped.get_latent(reference) - model.get_latent(reference)).max() < 1e-5
     assert mapped.training_info["weight_decay"] == 0.0
+    assert mapped.training_info["kl_weight"] == 0.5  # the query trains on the reference's objective
     assert all(p.requires_grad for p in mapped.module.parameters())  # the freezing ends with the mapping
 
 

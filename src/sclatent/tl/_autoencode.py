@@ -78,6 +78,7 @@ def autoencode(
     learning_rate: float = 2e-3,
     weight_decay: float = 1e-6,
     kl_warmup_epochs: int | None = None,
+    kl_weight: float = 1.0,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     random_state: int = 0,
@@ -157,6 +158,9 @@ def autoencode(
     kl_warmup_epochs
         Epochs over which the KL weight rises linearly from 0 to 1 (``variational=True``); by
         default a quarter of ``max_epochs``, at most 100.
+    kl_weight
+        The weight of the KL term once warm-up is over (1: the evidence lower bound). Below 1 the
+        latent keeps more of what tells cells apart and corrects batches a little less.
     accelerator
         Lightning's accelerator: ``"auto"`` uses a GPU when there is one, ``"cpu"`` or ``"gpu"``.
     devices
@@ -257,6 +261,7 @@ def autoencode(
         learning_rate=learning_rate,
         weight_decay=weight_decay,
         kl_warmup_epochs=kl_warmup_epochs,
+        kl_weight=kl_weight,
         accelerator=accelerator,
         devices=devices,
         progress_bar=progress_bar,

@@ -308,6 +308,8 @@ def tune(
     space. ``kl_warmup_epochs`` (and ``weight_decay``, ``max_epochs``, ``variational``, …) can be
     searched by naming them in a space of your own; the KL warm-up is not searched by default,
     because the pruner compares validation losses epoch by epoch, which favours short warm-ups.
+    Nor is ``kl_weight``: the validation loss is the evidence lower bound, which a KL weight of 1
+    optimises, so search it (e.g. ``{"kl_weight": (0.25, 1.0)}``) with a label ``metric``.
 
     Interrupting (Ctrl+C, or "interrupt kernel" in Jupyter) ends the search: the running trial
     stops (recorded as ``"interrupted"``), the finished trials are kept and the refit uses the

@@ -31,17 +31,27 @@ class TrainingPlan(L.LightningModule):
     weight_decay
         Adam's weight decay.
     kl_warmup_epochs
-        Epochs over which the KL weight rises from 0 to 1.
+        Epochs over which the KL weight rises from 0 to ``kl_weight``.
+    kl_weight
+        The weight of the KL term after warm-up (1: the evidence lower bound). The validation
+        loss is always the evidence lower bound, whatever the weight.
     """
 
     def __init__(
-        self, module: AutoencoderModule, *, learning_rate: float, weight_decay: float, kl_warmup_epochs: int
+        self,
+        module: AutoencoderModule,
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        kl_warmup_epochs: int,
+        kl_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.module = module
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.kl_warmup_epochs = kl_warmup_epochs
+        self.max_kl_weight = kl_weight
         self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
         self._sums = {"train": [0.0, 0], "validation": [0.0, 0]}
         self._nonfinite = torch.zeros((), dtype=torch.int32)
@@ -50,8 +60,8 @@ class TrainingPlan(L.LightningModule):
     def kl_weight(self) -> float:
         """The weight of the KL term in the current epoch."""
         if self.kl_warmup_epochs <= 0:
-            return 1.0
-        return min(1.0, self.current_epoch / self.kl_warmup_epochs)
+            return self.max_kl_weight
+        return self.max_kl_weight * min(1.0, self.current_epoch / self.kl_warmup_epochs)
 
     def _accumulate(self, split: str, out, n: int) -> None:
         acc = self._sums[split]
