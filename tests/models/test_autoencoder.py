@@ -207,7 +207,8 @@ def test_kl_weight_scales_the_kl_term_after_warm_up(pbmc_small):
     from lightning.pytorch.callbacks import Callback
 
     class RecordWeight(Callback):
-        weights: list[float] = []
+        def __init__(self) -> None:
+            self.weights: list[float] = []
 
         def on_train_epoch_start(self, trainer, pl_module):
             self.weights.append(pl_module.kl_weight)
