@@ -53,7 +53,9 @@ class Autoencoder:
     Parameters
     ----------
     adata
-        Cells × genes. Subset to highly variable genes first, as for PCA or scVI.
+        Cells × genes. Subset to highly variable genes first, as for PCA or scVI. Data opened
+        with ``backed="r"`` stay on disk and are trained on out of core
+        (:class:`~sclatent.train.DiskBatches`).
     layer
         Layer with the data; ``None`` means ``adata.X``. Count likelihoods need raw counts.
     batch_key
@@ -330,6 +332,7 @@ class Autoencoder:
             "kl_weight": float(kl_weight),
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
+            "batches": outcome.batches,
         }
         if validation_groups is not None:
             self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))

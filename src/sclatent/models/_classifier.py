@@ -200,6 +200,7 @@ class Classifier:
             "stop_reason": outcome.stop_reason,
             "complete": outcome.stop_reason in ("early_stopping", "max_epochs"),
             "train_time_s": outcome.seconds,
+            "batches": outcome.batches,
             "n_train_cells": len(train_idx),
             "n_validation_cells": len(val_idx),
             "batch_size": int(batch_size),

@@ -253,6 +253,13 @@ class DataSetup:
         X = _matrix(adata, self.layer)
         var_names = pd.Index(self.var_names)
         if not var_names.equals(adata.var_names):
+            if adata.isbacked and self.layer is None:
+                msg = (
+                    f"the genes of the backed file {adata.filename} are not the model's, in the model's order; reordering "
+                    "them would read the whole matrix into memory. Write a file with the model's genes in order "
+                    "(`model.setup.var_names`), or load this one into memory with `adata.to_memory()` if it fits."
+                )
+                raise ValueError(msg)
             pos = adata.var_names.get_indexer(var_names)
             if (pos < 0).any():
                 missing = var_names[pos < 0]

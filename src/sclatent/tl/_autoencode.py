@@ -103,7 +103,10 @@ def autoencode(
     ----------
     adata
         Annotated data matrix, cells × genes. Subset to highly variable genes first
-        (e.g. 2,000), as for scVI.
+        (e.g. 2,000), as for scVI. An AnnData opened with ``backed="r"`` is trained from disk,
+        out of core: chunks of consecutive cells are read in a random order and shuffled in
+        memory a window at a time (:class:`~sclatent.train.DiskBatches`), so memory does not
+        grow with the number of cells (see "Training on large data" in the docs).
     layer
         Layer holding the data; ``None`` uses ``adata.X``. Count likelihoods need raw counts;
         ``likelihood="gaussian"`` expects log-normalised values.

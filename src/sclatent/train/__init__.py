@@ -1,7 +1,15 @@
 """Training: the Lightning plan, the data path and callbacks."""
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
-from ._data import BatchIndexSampler, CellData, check_fit_arguments, check_groups, holdout_split, make_loader
+from ._data import (
+    BatchIndexSampler,
+    CellData,
+    DiskBatches,
+    check_fit_arguments,
+    check_groups,
+    holdout_split,
+    make_loader,
+)
 from ._fit import FitOutcome, run_fit
 from ._plan import TrainingPlan
 
@@ -9,6 +17,7 @@ __all__ = [
     "BatchIndexSampler",
     "BestWeights",
     "CellData",
+    "DiskBatches",
     "EpochProgressBar",
     "FitOutcome",
     "TrainingPlan",

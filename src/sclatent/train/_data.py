@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+#: Cells per contiguous read from disk, and chunks shuffled together in memory (see :class:`DiskBatches`).
+DISK_CHUNK_SIZE = 1024
+DISK_WINDOW = 16
+#: Cells of a backed matrix at most this many rows apart are read in one contiguous slice ...
+_MAX_GAP = 256
+#: ... of at most this many rows.
+_MAX_SPAN = 16_384
 
 
 class CellData(Dataset):
@@ -101,15 +112,47 @@ class CellData(Dataset):
             return x
         # backed data are read in increasing order, then put back in the order asked for
         order = np.argsort(idx)
-        rows_np = self.X[idx[order]][np.argsort(order)]
+        rows_np = self.read_rows(idx[order])[np.argsort(order)]
         rows_np = rows_np.toarray() if sp.issparse(rows_np) else np.asarray(rows_np)
         return torch.from_numpy(rows_np.astype(np.float32, copy=False))
 
-    def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        idx = np.asarray(idx, dtype=np.int64)
-        rows = torch.from_numpy(idx).to(self.device, non_blocking=True)
+    def read_rows(self, cells: np.ndarray):
+        """Rows ``cells`` (sorted) of the matrix as a float32 CSR or dense array, read from disk for backed data.
+
+        Cells that lie close together (a chunk of sorted training cells, or the held-out cells
+        spread among them) are read as one contiguous slice and the rows not asked for are
+        dropped: one read of some extra rows costs less than many small reads.
+        """
+        if self.in_tensors or len(cells) == 0:
+            rows = self.X[cells]
+        else:
+            parts = []
+            for run in _runs(cells):
+                lo, hi = int(run[0]), int(run[-1]) + 1
+                block = self._slice(lo, hi)
+                parts.append(block if np.array_equal(run, np.arange(lo, hi)) else block[run - lo])
+            rows = _stack(parts)
+        if sp.issparse(rows):
+            return sp.csr_matrix(rows, dtype=np.float32)
+        return np.asarray(rows, dtype=np.float32)
+
+    def _slice(self, lo: int, hi: int):
+        """Rows ``lo:hi`` of backed data; a backed CSR is read straight from its three arrays.
+
+        (anndata's own row slicing looks up package versions on every call, which costs more than
+        reading a chunk.)
+        """
+        group = getattr(self.X, "group", None)
+        if getattr(self.X, "format", None) != "csr" or group is None:
+            return self.X[lo:hi]
+        indptr = np.asarray(group["indptr"][lo : hi + 1], dtype=np.int64)
+        start, stop = int(indptr[0]), int(indptr[-1])
+        data, indices = group["data"][start:stop], group["indices"][start:stop]
+        return sp.csr_matrix((data, indices, indptr - start), shape=(hi - lo, self.shape[1]))
+
+    def per_cell(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return the per-cell entries of a batch (all but ``"x"``) for cell indices ``rows``."""
         batch = {
-            "x": self._rows(idx, rows),
             "library": self.library.index_select(0, rows),
             "cat": self.cat.index_select(0, rows),
             "cont": self.cont.index_select(0, rows),
@@ -117,6 +160,190 @@ class CellData(Dataset):
         if self.labels is not None:
             batch["y"] = self.labels.index_select(0, rows)
         return batch
+
+    def __getitem__(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = torch.from_numpy(idx).to(self.device, non_blocking=True)
+        return {"x": self._rows(idx, rows), **self.per_cell(rows)}
+
+
+def _runs(cells: np.ndarray):
+    """Split sorted ``cells`` into runs, each read with one contiguous read.
+
+    A run ends at a gap of more than ``_MAX_GAP`` rows, and spans at most ``_MAX_SPAN`` rows, so
+    that a read never holds much more than the cells asked for plus ``_MAX_SPAN`` rows.
+    """
+    for run in np.split(cells, np.flatnonzero(np.diff(cells) > _MAX_GAP) + 1):
+        while len(run):
+            k = int(np.searchsorted(run, run[0] + _MAX_SPAN))
+            yield run[:k]
+            run = run[k:]
+
+
+def _stack(blocks: list):
+    return sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.concatenate(blocks)
+
+
+def n_batches(n: int, batch_size: int) -> int:
+    """Batches of :class:`DiskBatches` for ``n`` cells: full ones, plus the rest unless it is one cell (which joins the last)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+
+
+class DiskBatches(IterableDataset):
+    """Minibatches of data on disk (``backed="r"``), out of core: memory does not grow with the cells.
+
+    The cells (sorted) are cut into chunks of ``chunk_size`` consecutive ones, each read with one
+    contiguous read. Every epoch the chunks come in a new random order; ``window`` chunks at a time
+    are held in memory (sparse stays sparse), their cells shuffled together and cut into batches,
+    while a background thread reads the next window (so up to three windows are in memory: the
+    one being cut, one read ahead, one being read). So a batch draws its cells from up to
+    ``window`` random places of the file, not from the whole file as in memory: how random the
+    batches are is :attr:`randomness`. Every cell comes exactly once per epoch; a last batch of a
+    single cell joins the batch before it (batch norm needs two cells).
+
+    Without ``shuffle`` (validation, inference) the chunks come in file order and nothing is shuffled.
+
+    Parameters
+    ----------
+    data
+        The cells, with a backed matrix.
+    indices
+        The cells to go through (training or validation cells).
+    batch_size
+        Cells per batch.
+    shuffle
+        Shuffle chunks and cells, anew every epoch.
+    seed
+        Seed of the shuffling; epoch ``e`` uses ``[seed, e]``.
+    chunk_size, window
+        Cells per contiguous read, and chunks shuffled together in memory; by default
+        ``DISK_CHUNK_SIZE`` (1,024) and ``DISK_WINDOW`` (16) of this module.
+    """
+
+    def __init__(
+        self,
+        data: CellData,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        chunk_size: int | None = None,
+        window: int | None = None,
+    ) -> None:
+        self.data = data
+        self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.chunk_size = int(chunk_size or DISK_CHUNK_SIZE)
+        self.window = int(window or DISK_WINDOW) if shuffle else 1
+        self.epoch = 0
+
+    @property
+    def randomness(self) -> str:
+        """How random the batches are, in words."""
+        if not self.shuffle:
+            return "no shuffling: cells in file order"
+        cells = min(self.chunk_size * self.window, len(self.indices))
+        return (
+            f"chunks of {self.chunk_size:,} consecutive cells read in a random order; {self.window} chunks "
+            f"({cells:,} cells) shuffled together, so each batch draws from up to {self.window} random places "
+            "of the file"
+        )
+
+    def __len__(self) -> int:
+        return n_batches(len(self.indices), self.batch_size)
+
+    def _windows(self, order: np.ndarray):
+        """Yield (rows, cells) of each window of chunks, in ``order``."""
+        cs = self.chunk_size
+        for w in range(0, len(order), self.window):
+            chunks = [self.indices[c * cs : (c + 1) * cs] for c in order[w : w + self.window]]
+            cells = np.concatenate(chunks)
+            yield _stack([self.data.read_rows(c) for c in chunks]), cells
+
+    def __iter__(self):
+        n_chunks = -(-len(self.indices) // self.chunk_size)
+        order, rng = np.arange(n_chunks), None
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(order)
+            self.epoch += 1
+        windows = _Prefetch(self._windows(order))
+        try:
+            rest_rows = rest_cells = None
+            pending = None
+            for rows, cells in windows:
+                if rng is not None:
+                    perm = rng.permutation(len(cells))
+                    rows, cells = rows[perm], cells[perm]
+                if rest_cells is not None:
+                    rows, cells = _stack([rest_rows, rows]), np.concatenate([rest_cells, cells])
+                n_full = len(cells) // self.batch_size * self.batch_size
+                for start in range(0, n_full, self.batch_size):
+                    if pending is not None:
+                        yield self._batch(*pending)
+                    pending = rows[start : start + self.batch_size], cells[start : start + self.batch_size]
+                rest_rows, rest_cells = rows[n_full:], cells[n_full:]
+            if rest_cells is not None and len(rest_cells) == 1 and pending is not None:
+                pending = _stack([pending[0], rest_rows]), np.concatenate([pending[1], rest_cells])
+                rest_cells = None
+            if pending is not None:
+                yield self._batch(*pending)
+            if rest_cells is not None and len(rest_cells):
+                yield self._batch(rest_rows, rest_cells)
+        finally:
+            windows.close()
+
+    def _batch(self, rows, cells: np.ndarray) -> dict[str, torch.Tensor]:
+        x = rows.toarray() if sp.issparse(rows) else rows
+        return {"x": torch.from_numpy(np.ascontiguousarray(x)), **self.data.per_cell(torch.from_numpy(cells))}
+
+
+class _Prefetch:
+    """Run an iterator in a background thread, one item ahead; errors come out where the items are taken."""
+
+    _DONE = object()
+
+    def __init__(self, items) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True)
+        self._thread.start()
+
+    def _run(self, items) -> None:
+        try:
+            for item in items:
+                if not self._put((True, item)):
+                    return
+            self._put((True, self._DONE))
+        except BaseException as err:  # handed to the consuming thread, which raises it
+            self._put((False, err))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            ok, item = self._queue.get()
+            if not ok:
+                raise item
+            if item is self._DONE:
+                return
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:  # a generator may be finalised on the reader thread
+            self._thread.join()
 
 
 class BatchIndexSampler(Sampler):
@@ -152,8 +379,13 @@ def make_loader(
 ) -> DataLoader:
     """Return a :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches.
 
+    Data in memory are sampled cell by cell; backed data are read chunk by chunk (:class:`DiskBatches`).
+
     ``pin_memory`` pins host batches for asynchronous copies to a GPU (when the data are not on it).
     """
+    if not data.in_tensors:  # backed data: out of core, chunk by chunk
+        batches = DiskBatches(data, indices, batch_size, shuffle=shuffle, seed=seed)
+        return DataLoader(batches, batch_size=None, pin_memory=pin_memory)
     sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed)
     return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
 

@@ -40,6 +40,8 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
             warnings.filterwarnings("ignore", message=".*The number of training batches.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+            # data on disk are batched in the main process (num_workers=0), so their batch count is exact
+            warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined.*")
             # map_query keeps the normalisation layers in evaluation mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             yield
@@ -120,6 +122,8 @@ class FitOutcome:
     stop_reason: str
     #: Seconds spent in the trainer.
     seconds: float
+    #: How the training batches were drawn: at random from memory, or chunk by chunk from disk.
+    batches: str = "cells drawn at random from memory"
 
 
 def run_fit(
@@ -227,4 +231,5 @@ def run_fit(
             stacklevel=3,
         )
     best_epoch = int(best.best_epoch) if best is not None and best.best_epoch is not None else n_epochs - 1
-    return FitOutcome(history, n_epochs, best_epoch, stop_reason, seconds)
+    batches = getattr(train_loader.dataset, "randomness", FitOutcome.batches)
+    return FitOutcome(history, n_epochs, best_epoch, stop_reason, seconds, batches)
