@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks import autoencode_vs_scvi, defaults, mapping, quality, scale, trajectory
+from benchmarks import autoencode_vs_scvi, defaults, disk, mapping, quality, scale, trajectory
 
 PAGES = {
     "speed": ("Speed against scVI on PBMC 3k", autoencode_vs_scvi.main),
@@ -19,6 +19,7 @@ PAGES = {
     "trajectory": ("Pseudotime on paul15: sclatent against scanpy's DPT", trajectory.main),
     "mapping": ("Mapping a query onto a reference: sclatent against scvi-tools", mapping.main),
     "scale": ("Cost against cells: 4k, 10k, 100k and 1M cells", scale.main),
+    "disk": ("Training from disk against training in memory: 200k and 2M cells", disk.main),
 }
 
 
