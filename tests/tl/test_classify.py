@@ -103,3 +103,113 @@ def test_a_class_in_one_group_only_fails_before_training(cellbench_5cl):
         sl.tl.classify(adata, "line", groups_key="batch", n_splits=3)
     assert_names_fix(raised.value)
     assert "sclatent_classify" not in adata.uns
+
+
+@pytest.fixture(scope="module")
+def pbmc_from_latent(pbmc_hvg):
+    adata = pbmc_hvg.copy()
+    autoencoder = sl.tl.autoencode(adata, progress_bar=False, denoise=False, return_model=True)
+    before = {k: v.clone() for k, v in autoencoder.module.state_dict().items()}
+    model = sl.tl.classify(
+        adata, "cell_type", use_rep="X_sclatent", autoencoder=autoencoder, n_splits=3, return_model=True
+    )
+    return adata, autoencoder, before, model
+
+
+def test_cell_types_from_the_latent_with_attributions_through_the_encoder(pbmc_from_latent, tmp_path):
+    from scipy.stats import hypergeom
+
+    pytest.importorskip("captum")
+    import scanpy as sc
+
+    adata, autoencoder, before, model = pbmc_from_latent
+    res = adata.uns["sclatent_classify"]
+    mean = res["folds"].pivot_table(index="metric", columns="method", values="value")
+    # measured: balanced accuracy 0.909 from the latent against 0.883 for the baseline on counts
+    assert mean.loc["balanced_accuracy", "sclatent"] >= 0.85
+    assert mean.loc["balanced_accuracy", "sclatent"] >= mean.loc["balanced_accuracy", "baseline"] - 0.02
+    assert res["params"]["use_rep"] == "X_sclatent"
+    assert res["params"]["autoencoder"] is True
+    # the classifier reads the latent through a frozen copy of the encoder: the autoencoder is unchanged ...
+    for k, v in autoencoder.module.state_dict().items():
+        assert torch_equal(v, before[k]), k
+    # ... and so is the classifier's copy after training
+    for k, v in model.module.encoder.state_dict().items():
+        assert torch_equal(v, before[k]), k
+    assert "from a latent of 20" in repr(model)
+
+    # attributions run through the encoder to the genes
+    sl.tl.attribute(adata, model, groupby="cell_type")
+    att = adata.uns["sclatent_attribute"]["results"]
+    assert len(att) == len(model.classes) * adata.n_vars
+    assert (adata.uns["sclatent_attribute"]["convergence"]["relative_delta"] < 0.05).all()  # measured ≤ 0.008
+    rank = att.set_index(["target", "gene"])["rank"]
+    assert rank["B cells", "CD79A"] <= 20  # measured 7
+    assert rank["CD14+ Monocytes", "LYZ"] <= 20  # 4
+    assert min(rank["NK cells", "NKG7"], rank["NK cells", "GNLY"]) <= 20  # 1, 2
+    assert rank["Megakaryocytes", "PPBP"] <= 20  # 2
+    wilcoxon = adata.copy()
+    sc.pp.normalize_total(wilcoxon, target_sum=1e4)
+    sc.pp.log1p(wilcoxon)
+    sc.tl.rank_genes_groups(wilcoxon, "cell_type", method="wilcoxon", n_genes=100)
+    overlaps = [
+        len(
+            set(att.query("target == @ct and rank <= 50")["gene"]) & set(wilcoxon.uns["rank_genes_groups"]["names"][ct])
+        )
+        for ct in model.classes
+    ]
+    # measured 28 to 49 of 50 in all 8 types
+    assert sum(hypergeom.sf(k - 1, adata.n_vars, 100, 50) < 1e-3 for k in overlaps) >= 6
+
+    # saved and loaded, it predicts new data from their counts alone, as before
+    model.save(tmp_path / "clf")
+    back = sl.models.Classifier.load(tmp_path / "clf")
+    counts = ad.AnnData(adata.X[:200].copy(), var=adata.var[[]])
+    np.testing.assert_allclose(back.predict_proba(counts).to_numpy(), model.predict_proba(counts).to_numpy(), atol=1e-6)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_cell_lines_from_a_latent_with_plates_as_covariate(cellbench_5cl):
+    adata = cellbench_5cl.copy()
+    autoencoder = sl.tl.autoencode(adata, batch_key="batch", progress_bar=False, denoise=False, return_model=True)
+    model = sl.tl.classify(
+        adata,
+        "cell_line_demuxlet",
+        use_rep="X_sclatent",
+        autoencoder=autoencoder,
+        groups_key="batch",
+        n_splits=3,
+        baseline=False,
+        return_model=True,
+    )
+    accuracy = adata.uns["sclatent_classify"]["folds"].query("metric == 'accuracy'")["value"]
+    assert (accuracy >= 0.95).all()
+    # a plate the autoencoder never saw cannot be encoded: the error says how to map it first
+    other = adata[:50].copy()
+    other.obs["batch"] = "new plate"
+    with pytest.raises(ValueError, match="new plate") as raised:
+        model.predict(other)
+    assert_names_fix(raised.value)
+
+
+def test_classifying_from_a_latent_checks_its_input(pbmc_from_latent):
+    adata, autoencoder, _, _ = pbmc_from_latent
+    shuffled = adata.copy()
+    shuffled.obsm["X_sclatent"] = shuffled.obsm["X_sclatent"][::-1].copy()
+    cases = [
+        (adata, {"use_rep": "X_sclatent"}, ValueError, "needs the autoencoder"),
+        (adata, {"use_rep": "X_nothing", "autoencoder": autoencoder}, KeyError, "not in adata.obsm"),
+        (shuffled, {"use_rep": "X_sclatent", "autoencoder": autoencoder}, ValueError, "not this autoencoder's latent"),
+        (adata, {"autoencoder": autoencoder, "layer": "counts"}, ValueError, "the autoencoder reads the counts"),
+        (adata, {"autoencoder": "a model"}, TypeError, "must be a trained"),
+    ]
+    for data, kwargs, error, match in cases:
+        with pytest.raises(error, match=match) as raised:
+            sl.tl.classify(data, "cell_type", key_added="bad", **kwargs)
+        assert_names_fix(raised.value)
+        assert "bad" not in data.uns

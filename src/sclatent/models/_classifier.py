@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta  # noqa: TC003 - in the signature users read
 from pathlib import Path  # noqa: TC003 - in the signature users read
 from typing import TYPE_CHECKING
@@ -23,16 +24,42 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
 
+    from ._autoencoder import Autoencoder
+
 
 class ValidationTakesClassError(ValueError):
     """The held-out validation cells would take every training cell of a class."""
+
+
+def check_autoencoder(autoencoder, layer: str | None) -> None:
+    """Raise unless ``autoencoder`` is ``None`` or a trained autoencoder that reads ``layer`` (``None``: its own)."""
+    if autoencoder is None:
+        return
+    from ._autoencoder import Autoencoder
+
+    if not isinstance(autoencoder, Autoencoder):
+        msg = f"autoencoder must be a trained sl.models.Autoencoder, got {type(autoencoder).__name__}; get one with `sl.tl.autoencode(adata, return_model=True)`."
+        raise TypeError(msg)
+    if not autoencoder.is_trained:
+        msg = "the autoencoder is not trained; train it first (`model.fit()`, or `sl.tl.autoencode(adata, return_model=True)`)."
+        raise ValueError(msg)
+    if layer is not None and layer != autoencoder.setup.layer:
+        msg = (
+            f"layer={layer!r}, but the autoencoder reads the counts of layer {autoencoder.setup.layer!r} "
+            f"(None is adata.X); with an autoencoder leave layer=None, and its own layer is used."
+        )
+        raise ValueError(msg)
 
 
 class Classifier:
     """A neural-network classifier of cells from their raw counts (cell type, condition, …).
 
     An MLP on ``log1p`` of counts per 10,000, computed inside the model from the raw counts of
-    ``layer``, so that gradients and attributions are per gene. Trained with cross-entropy and
+    ``layer``, so that gradients and attributions are per gene. With ``autoencoder=`` the MLP
+    reads that trained autoencoder's latent (its posterior mean) instead, computed inside the
+    model by a frozen copy of its encoder from the same raw counts (the autoencoder's genes,
+    layer and covariates), so that attributions are still per gene and new data need only
+    their counts. Trained with cross-entropy and
     early stopping on held-out cells, which can be whole groups (donors) with ``validation_groups``.
     Genes of new data are matched by name, as for :class:`~sclatent.models.Autoencoder`.
 
@@ -43,7 +70,11 @@ class Classifier:
     label_key
         Column of ``adata.obs`` with each cell's class (every cell labelled; each class at least two cells).
     layer
-        Layer with the counts; ``None`` means ``adata.X``.
+        Layer with the counts; ``None`` means ``adata.X`` (with ``autoencoder``, the
+        autoencoder's own layer).
+    autoencoder
+        A trained :class:`~sclatent.models.Autoencoder`: classify from its latent. Its weights
+        are copied and never change; ``adata`` needs its genes and covariate columns.
     n_hidden
         Width of the hidden layers.
     n_layers
@@ -67,6 +98,7 @@ class Classifier:
         label_key: str,
         *,
         layer: str | None = None,
+        autoencoder: Autoencoder | None = None,
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.2,
@@ -75,6 +107,7 @@ class Classifier:
     ) -> None:
         check_norm(norm)
         check_layers(n_hidden=n_hidden, n_layers=n_layers, dropout_rate=dropout_rate)
+        check_autoencoder(autoencoder, layer)
         labels = check_labels(adata, label_key)
         counts = labels.value_counts()
         if len(counts) < 2:
@@ -85,23 +118,27 @@ class Classifier:
         if (counts < 2).any():
             msg = f"classes {counts.index[counts < 2].tolist()} of obs[{label_key!r}] have a single cell; drop them or merge them into other classes first."
             raise ValueError(msg)
-        self.setup = DataSetup.from_adata(adata, counts=True, layer=layer)
+        if autoencoder is None:
+            self.setup = DataSetup.from_adata(adata, counts=True, layer=layer)
+        else:  # the autoencoder's genes, layer and covariates, checked as it checks them
+            self.setup = copy.deepcopy(autoencoder.setup)
         self._data = self.setup.read(adata)
         self.label_key = label_key
         self.classes = sorted(counts.index.tolist())
         self._codes = pd.Categorical(labels, categories=self.classes).codes.astype(np.int64)
         self.config = ClassifierConfig(
-            n_genes=adata.n_vars,
+            n_genes=len(self.setup.var_names),
             n_classes=len(self.classes),
             n_hidden=int(n_hidden),
             n_layers=int(n_layers),
             dropout_rate=float(dropout_rate),
             norm=norm,
+            encoder=None if autoencoder is None else autoencoder.config.to_dict(),
         )
         self.random_state = int(random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            self.module = ClassifierModule(self.config)
+            self.module = ClassifierModule(self.config, None if autoencoder is None else autoencoder.module)
         self.history = pd.DataFrame({"train_loss": [], "validation_loss": []})
         self.training_info: dict = {}
         self.train_indices = self.validation_indices = np.array([], dtype=int)
@@ -109,7 +146,8 @@ class Classifier:
 
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "not trained"
-        return f"Classifier(label_key={self.label_key!r}, classes={len(self.classes)}, genes={self.config.n_genes}; {state})"
+        reads = "" if self.config.encoder is None else f", from a latent of {self.config.encoder['n_latent']}"
+        return f"Classifier(label_key={self.label_key!r}, classes={len(self.classes)}, genes={self.config.n_genes}{reads}; {state})"
 
     def fit(
         self,
@@ -220,7 +258,9 @@ class Classifier:
         out = np.empty((len(data), len(self.classes)), dtype=np.float32)
         for start in range(0, len(data), batch_size):
             b = data[np.arange(start, min(start + batch_size, len(data)))]
-            out[start : start + len(b["x"])] = self.module.logits(b["x"], b["library"]).numpy()
+            out[start : start + len(b["x"])] = self.module.logits(
+                b["x"], b["library"], self.module.covariates(b)
+            ).numpy()
         return out
 
     def _calibrate(self, idx: np.ndarray) -> float:

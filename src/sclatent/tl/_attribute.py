@@ -43,15 +43,15 @@ def _targets(model, target) -> list:
 
 
 def _forward(model, target_index: int):
-    """Return f(h[, cov]) → the explained output of each cell from the model's own input ``h`` (log-normalised)."""
+    """Return f(h, cov) → the explained output of each cell from the model's own per-gene input ``h``."""
     import torch
 
     from ..models import Classifier
 
     if isinstance(model, Classifier):
 
-        def f(h):
-            return torch.log_softmax(model.module.logits_from_input(h), dim=-1)[:, target_index]
+        def f(h, cov):
+            return torch.log_softmax(model.module.logits_from_input(h, cov), dim=-1)[:, target_index]
 
         return f
 
@@ -65,7 +65,7 @@ def _model_input(model, batch: dict):
     from ..models import Classifier
 
     if isinstance(model, Classifier):
-        return model.module.normalize(batch["x"], batch["library"])
+        return model.module.model_input(batch["x"], batch["library"])
     return model.module.encoder_input(batch["x"], batch["library"])
 
 
@@ -87,7 +87,8 @@ def attribute(
     the target class; for an :class:`~sclatent.models.Autoencoder`, the posterior mean of the
     target latent dimension, each cell with its own covariates. Attributions are to the model's
     own input, which both models compute per gene from the raw data: for a classifier ``log1p``
-    of counts per 10,000; for an autoencoder what its encoder sees (the same with
+    of counts per 10,000 (for one that reads an autoencoder's latent, the attribution runs
+    through that encoder to what it sees); for an autoencoder what its encoder sees (the same with
     ``normalize_input=True``, ``log1p`` of the raw counts without it, the values themselves with
     the gaussian likelihood). So they are per gene. A gene's score is its mean attribution over the cells explained: positive when
     it pushes towards the target.
@@ -199,13 +200,13 @@ def attribute(
         for s in range(0, len(cells), batch_size):
             b = data[cells[s : s + batch_size]]
             x = _model_input(model, b).detach().requires_grad_(True)
-            extra = () if is_classifier else (model.module.covariates(b),)
+            extra = (model.module.covariates(b),)
             if method == "integrated_gradients":
                 base = torch.zeros_like(x) if mean_cell is None else mean_cell.expand_as(x)
                 attr, delta = explainer.attribute(
                     x,
                     baselines=base,
-                    additional_forward_args=extra or None,
+                    additional_forward_args=extra,
                     n_steps=int(n_steps),
                     return_convergence_delta=True,
                 )
@@ -214,7 +215,7 @@ def attribute(
                 deltas.append(delta.abs().detach().numpy())
                 changes.append(change.abs().numpy())
             else:
-                attr = explainer.attribute(x, additional_forward_args=extra or None)
+                attr = explainer.attribute(x, additional_forward_args=extra)
             total += attr.detach().double().sum(dim=0).numpy()
         score = total / max(len(cells), 1)
         order = np.argsort(-score, kind="stable")

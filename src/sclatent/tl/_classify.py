@@ -15,7 +15,7 @@ from ._autoencode import _versions
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models import Classifier
+    from ..models import Autoencoder, Classifier
 
 #: The metrics of every fold and of the hold-out, for the classifier and the baseline.
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
@@ -110,11 +110,41 @@ def _folds(labels: np.ndarray, groups: np.ndarray | None, n_splits: int, random_
     return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
+def _check_rep(adata: AnnData, use_rep: str | None, autoencoder, layer: str | None) -> None:
+    """Raise unless ``use_rep`` (when given) is ``autoencoder``'s latent of ``adata``'s cells."""
+    from ..models._classifier import check_autoencoder
+
+    check_autoencoder(autoencoder, layer)
+    if use_rep is None:
+        return
+    if autoencoder is None:
+        msg = (
+            f"use_rep={use_rep!r} needs the autoencoder that made it, so that the classifier computes the latent "
+            f"from the counts and attributions stay per gene; pass autoencoder=model, from "
+            f"`model = sl.tl.autoencode(adata, return_model=True)`."
+        )
+        raise ValueError(msg)
+    if use_rep not in adata.obsm:
+        msg = f"use_rep={use_rep!r} is not in adata.obsm (it has {list(adata.obsm)}); run `sl.tl.autoencode` first or pass the key it wrote."
+        raise KeyError(msg)
+    n = min(adata.n_obs, 256)
+    rep = np.asarray(adata.obsm[use_rep][:n], dtype=np.float64)
+    latent = autoencoder.get_latent(adata[:n]).astype(np.float64)
+    if rep.shape != latent.shape or not np.allclose(rep, latent, atol=1e-3 * max(np.abs(latent).max(), 1.0)):
+        msg = (
+            f"adata.obsm[{use_rep!r}] is not this autoencoder's latent of these cells; pass the autoencoder that "
+            f"wrote it (`return_model=True`), or write its latent again with `adata.obsm[{use_rep!r}] = model.get_latent(adata)`."
+        )
+        raise ValueError(msg)
+
+
 def classify(
     adata: AnnData,
     label_key: str,
     *,
     layer: str | None = None,
+    use_rep: str | None = None,
+    autoencoder: Autoencoder | None = None,
     groups_key: str | None = None,
     n_splits: int = 5,
     holdout: dict[str, list] | None = None,
@@ -141,6 +171,14 @@ def classify(
     regression on 50 principal components of log-normalised counts, is trained and scored in
     the same folds.
 
+    With ``autoencoder=`` (and ``use_rep``, the key of its latent in ``obsm``) the classifier
+    reads the autoencoder's latent instead of the counts: a frozen copy of its encoder computes
+    the latent from the raw counts inside the classifier, so that predictions of new data need
+    only their counts and :func:`~sclatent.tl.attribute` runs through the encoder to the genes.
+    The autoencoder never saw the labels, but it was trained on every cell it was given, test
+    folds and hold-out included; for a strict hold-out, train it without those cells and map
+    them with :func:`~sclatent.tl.map_query` or encode them with ``model.get_latent``.
+
     ``holdout`` (e.g. ``{"donor": ["d7"]}``) sets cells aside before anything else: they are
     never used for training, early stopping or any choice, and are scored once at the end by
     a classifier (and a baseline) trained on all the other cells.
@@ -152,7 +190,13 @@ def classify(
     label_key
         Column of ``adata.obs`` with the classes.
     layer
-        Layer with the counts; ``None`` means ``adata.X``.
+        Layer with the counts; ``None`` means ``adata.X`` (with ``autoencoder``, its own layer).
+    use_rep
+        Key of ``adata.obsm`` with the autoencoder's latent (e.g. ``"X_sclatent"``), to classify
+        from it; checked to be that autoencoder's latent of these cells. Needs ``autoencoder``.
+    autoencoder
+        The trained :class:`~sclatent.models.Autoencoder` whose latent the classifier reads
+        (``sl.tl.autoencode(adata, return_model=True)``).
     groups_key
         Column of ``adata.obs`` with groups to keep apart (donors, patients, plates).
     n_splits
@@ -226,7 +270,10 @@ def classify(
             msg = f"groups_key={groups_key!r} has {n_groups} groups outside the holdout, fewer than n_splits={n_splits}; lower n_splits to at most {n_groups}, or use more groups."
             raise ValueError(msg)
 
-    DataSetup.from_adata(adata, counts=True, layer=layer).read(adata)  # the counts, checked before any training
+    _check_rep(adata, use_rep, autoencoder, layer)
+    setup = DataSetup.from_adata(adata, counts=True, layer=layer) if autoencoder is None else autoencoder.setup
+    setup.read(adata)  # the counts (genes, covariates), checked before any training
+    layer = setup.layer  # the baseline reads the same counts
     codes = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
     folds = _folds(codes[train_cells], None if groups is None else groups[train_cells], n_splits, random_state)
     for fold, (tr, _) in enumerate(folds):
@@ -247,7 +294,13 @@ def classify(
         )
 
     start = logg.info(f"classifying {label_key!r} ({len(classes)} classes), {n_splits}-fold cross-validation")
-    settings = {"n_hidden": n_hidden, "n_layers": n_layers, "dropout_rate": dropout_rate, "random_state": random_state}
+    settings = {
+        "autoencoder": autoencoder,
+        "n_hidden": n_hidden,
+        "n_layers": n_layers,
+        "dropout_rate": dropout_rate,
+        "random_state": random_state,
+    }
     fit_settings = {"max_epochs": max_epochs, "learning_rate": learning_rate, "progress_bar": progress_bar}
     proba = np.full((adata.n_obs, len(classes)), np.nan, dtype=np.float32)
     test_fold = np.full(adata.n_obs, -1, dtype=np.int64)
@@ -258,7 +311,7 @@ def classify(
     def train(cells: np.ndarray) -> Classifier:
         sub = adata[cells]
         inner = None if groups is None or len(set(groups[cells])) < 2 else groups[cells]
-        clf = Classifier(sub, label_key, layer=layer, **settings)
+        clf = Classifier(sub, label_key, layer=None if autoencoder is not None else layer, **settings)
         if inner is not None:
             try:  # early stopping and calibration on whole held-out groups ...
                 clf.fit(validation_groups=inner, **fit_settings)
@@ -327,6 +380,8 @@ def classify(
         "params": {
             "label_key": label_key,
             "layer": layer,
+            **({"use_rep": use_rep} if use_rep is not None else {}),
+            "autoencoder": autoencoder is not None,
             "groups_key": groups_key,
             "n_splits": int(n_splits),
             "holdout": {
@@ -336,7 +391,7 @@ def classify(
             "random_state": int(random_state),
             "learning_rate": float(learning_rate),
             **({"max_epochs": int(max_epochs)} if max_epochs is not None else {}),
-            **{k: v for k, v in settings.items() if k != "random_state"},
+            **{k: v for k, v in settings.items() if k not in ("random_state", "autoencoder")},
         },
         "versions": _versions(),
     }

@@ -47,6 +47,7 @@ NOT_SEARCHABLE = frozenset(
         "categorical_covariate_keys",
         "continuous_covariate_keys",
         "validation_fraction",
+        "validation_groups_key",
         "accelerator",
         "devices",
         "random_state",

@@ -116,8 +116,8 @@ class TrainingPlan(L.LightningModule):
         self.log("train_loss", value, prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # the fused kernel updates all parameters in one pass (CPU and CUDA)
+        # the fused kernel updates all parameters in one pass (CPU and CUDA); frozen ones (a
+        # classifier's encoder) are left out, so that no optimiser state or decay can touch them
         fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(
-            self.module.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay, eps=0.01, fused=fused
-        )
+        trainable = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.Adam(trainable, lr=self.learning_rate, weight_decay=self.weight_decay, eps=0.01, fused=fused)
