@@ -44,7 +44,7 @@ _EXTERNAL = (
 )
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL),
-    (r"py:class", r"(AnnData|Axes|Figure|Callback|DataFrame|Tensor|Path|timedelta|ArrayLike|Sequence|Mapping|Callable|Iterator|Module|Optimizer|Distribution|Dataset|DataLoader|Sampler|LightningModule|Trainer|Literal|optional|Categorical|spmatrix|sparse matrix|array-like)"),
+    (r"py:class", r"(AnnData|Axes|Figure|Callback|Strategy|DataFrame|Tensor|Path|timedelta|ArrayLike|Sequence|Mapping|Callable|Iterator|Module|Optimizer|Distribution|Dataset|DataLoader|Sampler|LightningModule|Trainer|Literal|optional|Categorical|spmatrix|sparse matrix|array-like)"),
     (r"py:class", r"(default|callable|str|int|float|bool|dict|list|tuple|None)(, optional)?"),
     (r"py:class", r"L\..*"),  # lightning imported as L
     (r"py:class", r".*\s.*|\d+"),  # free-text "Returns" lines that napoleon reads as types

@@ -149,3 +149,50 @@ def test_read_rows_of_scattered_and_repeated_cells(on_disk):
     dense = memory.X.toarray()
     for cells in (np.array([5, 5, 7]), np.arange(0, memory.n_obs, 10), np.array([0, 1, 2, 2000, 2001, 2637])):
         np.testing.assert_array_equal(data.read_rows(cells).toarray(), dense[cells])
+
+
+def _zarr_backed(adata, path) -> ad.AnnData:
+    """An AnnData whose counts stay in a zarr store, read as a backed sparse matrix (as the docs show)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*zarr v2.*", category=UserWarning)  # anndata's format notice
+        adata.write_zarr(path)
+    store = zarr.open(path, mode="r")
+    return ad.AnnData(
+        X=ad.io.sparse_dataset(store["X"]), obs=ad.io.read_elem(store["obs"]), var=ad.io.read_elem(store["var"])
+    )
+
+
+def test_a_zarr_store_trains_out_of_core_as_an_h5ad_file_does(pbmc_small, tmp_path):
+    pbmc_small.write_h5ad(tmp_path / "s.h5ad")
+    h5ad = ad.read_h5ad(tmp_path / "s.h5ad", backed="r")
+    store = _zarr_backed(pbmc_small, tmp_path / "s.zarr")
+    settings = {"max_epochs": 3, "progress_bar": False, "denoise": False, "return_model": True}
+    from_h5ad = sl.tl.autoencode(h5ad, **settings)
+    from_zarr = sl.tl.autoencode(store, **settings)
+    assert from_zarr._data[0] is store.X  # read from the store batch by batch, never loaded
+    assert "chunks of" in from_zarr.training_info["batches"]
+    # the same cells in the same batches with the same counts: the same model
+    np.testing.assert_array_equal(store.obsm["X_sclatent"], h5ad.obsm["X_sclatent"])
+    np.testing.assert_array_equal(from_zarr.history.to_numpy(), from_h5ad.history.to_numpy())
+    # genes in another order would need the whole matrix: an error, as for a backed file
+    reordered = _zarr_backed(pbmc_small[:, ::-1].copy(), tmp_path / "r.zarr")
+    with pytest.raises(ValueError, match="backed store are not the model's") as raised:
+        from_zarr.get_latent(reordered)
+    assert_names_fix(raised.value)
+    h5ad.file.close()
+
+
+def test_matrices_that_cannot_be_read_by_cells_fail_before_training(pbmc_small, tmp_path):
+    csc = pbmc_small.copy()
+    csc.X = sp.csc_matrix(csc.X)
+    csc.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    with pytest.raises(ValueError, match="stored by genes") as raised:
+        sl.tl.autoencode(backed, max_epochs=1, progress_bar=False)
+    assert_names_fix(raised.value)
+    assert "X_sclatent" not in backed.obsm
+    backed.file.close()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import Strategy
 
 #: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
 _SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False}
@@ -179,6 +180,8 @@ class Autoencoder:
         kl_weight: float = 1.0,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
+        strategy: str | Strategy = "auto",
+        num_nodes: int = 1,
         progress_bar: bool = True,
         callbacks: Sequence[Callback] = (),
         max_time: str | timedelta | None = None,
@@ -230,6 +233,12 @@ class Autoencoder:
             Lightning's accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``, …
         devices
             Lightning's devices.
+        strategy
+            Lightning's strategy: ``"auto"`` (one process), or ``"ddp"`` with ``devices=N`` (and
+            ``num_nodes``) for distributed data parallel training, run as a script (``python
+            script.py``, ``torchrun`` or ``srun``); see :func:`sclatent.train.run_fit`.
+        num_nodes
+            Machines taking part in distributed training.
         progress_bar
             Show a progress bar over epochs with the train and validation loss.
         callbacks
@@ -306,6 +315,8 @@ class Autoencoder:
             on_improve=on_improve,
             accelerator=accelerator,
             devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
             progress_bar=progress_bar,
             callbacks=callbacks,
             max_time=max_time,
@@ -333,6 +344,8 @@ class Autoencoder:
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
             "batches": outcome.batches,
+            "world_size": outcome.world_size,
+            "global_rank": outcome.global_rank,
         }
         if validation_groups is not None:
             self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))

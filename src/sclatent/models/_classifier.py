@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import Strategy
 
     from ._autoencoder import Autoencoder
 
@@ -162,6 +163,8 @@ class Classifier:
         weight_decay: float = 1e-4,
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
+        strategy: str | Strategy = "auto",
+        num_nodes: int = 1,
         progress_bar: bool = True,
         callbacks: Sequence[Callback] = (),
         max_time: str | timedelta | None = None,
@@ -182,7 +185,7 @@ class Classifier:
             As for :meth:`Autoencoder.fit <sclatent.models.Autoencoder.fit>`.
         batch_size, learning_rate, weight_decay
             Cells per minibatch; Adam's learning rate and weight decay.
-        accelerator, devices, progress_bar, callbacks, max_time
+        accelerator, devices, strategy, num_nodes, progress_bar, callbacks, max_time
             As for :meth:`Autoencoder.fit <sclatent.models.Autoencoder.fit>`.
 
         Returns
@@ -225,6 +228,8 @@ class Classifier:
             early_stopping_patience=early_stopping_patience,
             accelerator=accelerator,
             devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
             progress_bar=progress_bar,
             callbacks=callbacks,
             max_time=max_time,
@@ -245,6 +250,8 @@ class Classifier:
             "learning_rate": float(learning_rate),
             "weight_decay": float(weight_decay),
             "temperature": temperature,
+            "world_size": outcome.world_size,
+            "global_rank": outcome.global_rank,
         }
         if validation_groups is not None:
             self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))

@@ -53,7 +53,22 @@ def _as_rows(X):
         return X
     if getattr(X, "format", None) == "csr" and hasattr(X, "to_memory"):  # backed CSR
         return X
-    if hasattr(X, "to_memory"):  # backed CSC and other lazy arrays
+    if type(X).__module__.startswith("dask"):
+        msg = (
+            "adata.X is a dask array (e.g. from anndata's read_lazy): sclatent reads on-disk counts from a backed "
+            "sparse matrix instead; open the store with `ad.read_h5ad(path, backed='r')`, or for zarr with "
+            "`ad.AnnData(X=ad.io.sparse_dataset(zarr.open(path)['X']), obs=..., var=...)` (see the 'Scaling out' docs), "
+            "or load it into memory with `adata.to_memory()` if it fits."
+        )
+        raise ValueError(msg)
+    if getattr(X, "format", None) == "csc":  # backed CSC: every row read would read every column
+        msg = (
+            "the backed matrix is stored by genes (CSC): reading cells from it would read the whole file. "
+            "Write the file with cells as rows (CSR), e.g. `adata = adata.to_memory(); adata.X = adata.X.tocsr(); "
+            "adata.write_h5ad(path)` where it fits, or load it into memory with `adata.to_memory()`."
+        )
+        raise ValueError(msg)
+    if hasattr(X, "to_memory"):  # other lazy arrays
         X = X.to_memory()
         return _as_rows(X) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
     if type(X).__module__.startswith("h5py"):  # backed dense
@@ -253,9 +268,10 @@ class DataSetup:
         X = _matrix(adata, self.layer)
         var_names = pd.Index(self.var_names)
         if not var_names.equals(adata.var_names):
-            if adata.isbacked and self.layer is None:
+            if (adata.isbacked and self.layer is None) or hasattr(X, "to_memory"):
+                where = f"file {adata.filename}" if adata.isbacked else "store"
                 msg = (
-                    f"the genes of the backed file {adata.filename} are not the model's, in the model's order; reordering "
+                    f"the genes of the backed {where} are not the model's, in the model's order; reordering "
                     "them would read the whole matrix into memory. Write a file with the model's genes in order "
                     "(`model.setup.var_names`), or load this one into memory with `adata.to_memory()` if it fits."
                 )

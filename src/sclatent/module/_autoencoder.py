@@ -125,6 +125,10 @@ class AutoencoderModule(nn.Module):
             config.n_latent, config.n_hidden, n_cov=n_cov, n_layers=config.n_layers, dropout_rate=0.0, norm=config.norm
         )
         self.likelihood = get_likelihood(config.likelihood)(config.n_hidden, config.n_genes)
+        if (
+            not config.variational
+        ):  # a deterministic autoencoder never uses the variance (nor may DDP expect a gradient)
+            self.encoder.log_var.requires_grad_(False)
 
     def with_categories(self, n_new: Sequence[int]) -> tuple[AutoencoderModule, torch.Tensor]:
         """Return a copy of the module that knows ``n_new[i]`` more categories of covariate ``i`` (architecture surgery).

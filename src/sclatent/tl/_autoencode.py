@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import Strategy
 
     from ..models import Autoencoder
 
@@ -81,6 +82,8 @@ def autoencode(
     kl_weight: float = 1.0,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
+    strategy: str | Strategy = "auto",
+    num_nodes: int = 1,
     random_state: int = 0,
     key_added: str = "sclatent",
     denoise: bool | None = None,
@@ -106,7 +109,7 @@ def autoencode(
         (e.g. 2,000), as for scVI. An AnnData opened with ``backed="r"`` is trained from disk,
         out of core: chunks of consecutive cells are read in a random order and shuffled in
         memory a window at a time (:class:`~sclatent.train.DiskBatches`), so memory does not
-        grow with the number of cells (see "Training on large data" in the docs).
+        grow with the number of cells (see "Scaling out" in the docs).
     layer
         Layer holding the data; ``None`` uses ``adata.X``. Count likelihoods need raw counts;
         ``likelihood="gaussian"`` expects log-normalised values.
@@ -168,6 +171,14 @@ def autoencode(
         Lightning's accelerator: ``"auto"`` uses a GPU when there is one, ``"cpu"`` or ``"gpu"``.
     devices
         Lightning's devices.
+    strategy
+        Lightning's strategy: ``"auto"`` (one process), or ``"ddp"`` with ``devices=N`` (and
+        ``num_nodes``) for distributed data parallel training, run as a script (``python
+        script.py``, ``torchrun`` or ``srun``): the script runs once per process, and every
+        process ends with the same model and results; write files from one of them
+        (``adata.uns[key_added]["training"]["global_rank"] == 0``). See the "Scaling out" page.
+    num_nodes
+        Machines taking part in distributed training.
     random_state
         Seed of the weights, validation split, minibatch order and sampling noise. The same seed
         gives the same latent on the CPU.
@@ -267,6 +278,8 @@ def autoencode(
         kl_weight=kl_weight,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
         progress_bar=progress_bar,
         callbacks=callbacks,
         max_time=max_time,

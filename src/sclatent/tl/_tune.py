@@ -50,6 +50,8 @@ NOT_SEARCHABLE = frozenset(
         "validation_groups_key",
         "accelerator",
         "devices",
+        "strategy",
+        "num_nodes",
         "random_state",
         "key_added",
         "denoise",

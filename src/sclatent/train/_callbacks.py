@@ -24,7 +24,8 @@ class BestWeights(Callback):
     monitor
         The logged metric to minimise.
     on_improve
-        Called with the epoch whenever the metric improves (e.g. to save a checkpoint).
+        Called with the epoch whenever the metric improves (e.g. to save a checkpoint); under
+        distributed training on rank 0 only.
     restore
         Restore the best weights at the end of a fit; on an error they are always restored.
     """
@@ -46,7 +47,7 @@ class BestWeights(Callback):
         self.best_score = float(score)
         self.best_epoch = trainer.current_epoch
         self._state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
-        if self.on_improve is not None:
+        if self.on_improve is not None and trainer.is_global_zero:  # one checkpoint, not one per process
             self.on_improve(trainer.current_epoch)
 
     def restore(self, pl_module: L.LightningModule) -> None:

@@ -151,8 +151,9 @@ class CellData(Dataset):
         return sp.csr_matrix((data, indices, indptr - start), shape=(hi - lo, self.shape[1]))
 
     def per_cell(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return the per-cell entries of a batch (all but ``"x"``) for cell indices ``rows``."""
+        """Return the per-cell entries of a batch (all but ``"x"``) for cell indices ``rows``; ``"cells"`` are those indices."""
         batch = {
+            "cells": rows,
             "library": self.library.index_select(0, rows),
             "cat": self.cat.index_select(0, rows),
             "cont": self.cont.index_select(0, rows),
@@ -219,6 +220,10 @@ class DiskBatches(IterableDataset):
     chunk_size, window
         Cells per contiguous read, and chunks shuffled together in memory; by default
         ``DISK_CHUNK_SIZE`` (1,024) and ``DISK_WINDOW`` (16) of this module.
+    rank, world_size
+        Under distributed training, this process's rank and the number of processes: each
+        rank goes through its own contiguous share of the cells (:func:`shard`), and every rank
+        yields the same number of batches (a rank with one cell more puts it into its last batch).
     """
 
     def __init__(
@@ -231,9 +236,14 @@ class DiskBatches(IterableDataset):
         seed: int = 0,
         chunk_size: int | None = None,
         window: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.data = data
-        self.indices = np.sort(np.asarray(indices, dtype=np.int64))
+        shares = shard(np.sort(np.asarray(indices, dtype=np.int64)), world_size)
+        self.indices = shares[rank]
+        #: Batches per epoch, the same on every rank.
+        self.max_batches = n_batches(min(len(s) for s in shares), batch_size)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = seed
@@ -254,7 +264,7 @@ class DiskBatches(IterableDataset):
         )
 
     def __len__(self) -> int:
-        return n_batches(len(self.indices), self.batch_size)
+        return min(n_batches(len(self.indices), self.batch_size), self.max_batches)
 
     def _windows(self, order: np.ndarray):
         """Yield (rows, cells) of each window of chunks, in ``order``."""
@@ -274,7 +284,7 @@ class DiskBatches(IterableDataset):
         windows = _Prefetch(self._windows(order))
         try:
             rest_rows = rest_cells = None
-            pending = None
+            pending, n_cut = None, 0
             for rows, cells in windows:
                 if rng is not None:
                     perm = rng.permutation(len(cells))
@@ -286,8 +296,10 @@ class DiskBatches(IterableDataset):
                     if pending is not None:
                         yield self._batch(*pending)
                     pending = rows[start : start + self.batch_size], cells[start : start + self.batch_size]
+                    n_cut += 1
                 rest_rows, rest_cells = rows[n_full:], cells[n_full:]
-            if rest_cells is not None and len(rest_cells) == 1 and pending is not None:
+            one_too_many = rest_cells is not None and len(rest_cells) and n_cut + 1 > self.max_batches
+            if rest_cells is not None and (len(rest_cells) == 1 or one_too_many) and pending is not None:
                 pending = _stack([pending[0], rest_rows]), np.concatenate([pending[1], rest_cells])
                 rest_cells = None
             if pending is not None:
@@ -350,16 +362,27 @@ class BatchIndexSampler(Sampler):
     """Yield arrays of cell indices, one per minibatch, reshuffled every epoch from a seed.
 
     A last batch of a single cell is dropped when shuffling (batch norm needs two).
+
+    Under distributed training (``world_size`` > 1) every rank draws the same permutation of the
+    cells and takes every ``world_size``-th cell from position ``rank``, so the ranks' cells are
+    disjoint and together cover every cell once per epoch; each rank cuts its cells into the same
+    number of batches (at most ``batch_size`` cells each, one more on a rank with one more cell).
+    Without shuffling (validation) each rank takes its contiguous share (:func:`shard`).
     """
 
-    def __init__(self, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0) -> None:
+    def __init__(
+        self, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return max(-(-(len(self.indices) // self.world_size) // self.batch_size), 1)
         n, b = len(self.indices), self.batch_size
         full, rest = divmod(n, b)
         return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
@@ -369,24 +392,44 @@ class BatchIndexSampler(Sampler):
         if self.shuffle:
             idx = np.random.default_rng([self.seed, self.epoch]).permutation(idx)
             self.epoch += 1
+        if self.world_size > 1:
+            mine = idx[self.rank :: self.world_size] if self.shuffle else shard(idx, self.world_size)[self.rank]
+            for batch in np.array_split(mine, len(self)):
+                yield np.sort(batch)
+            return
         for i in range(len(self)):
             # sorted within the batch: contiguous reads, and what backed (h5py) data need
             yield np.sort(idx[i * self.batch_size : (i + 1) * self.batch_size])
 
 
+def shard(indices: np.ndarray, world_size: int) -> list[np.ndarray]:
+    """Cut ``indices`` into ``world_size`` contiguous shares whose sizes differ by at most one."""
+    return np.array_split(np.asarray(indices), max(int(world_size), 1))
+
+
 def make_loader(
-    data: CellData, indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, pin_memory: bool = False
+    data: CellData,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Return a :class:`~torch.utils.data.DataLoader` over ``indices`` that fetches whole batches.
 
     Data in memory are sampled cell by cell; backed data are read chunk by chunk (:class:`DiskBatches`).
 
     ``pin_memory`` pins host batches for asynchronous copies to a GPU (when the data are not on it).
+    ``rank`` and ``world_size``: under distributed training, this process's disjoint share of the
+    cells, in as many batches as every other rank's.
     """
     if not data.in_tensors:  # backed data: out of core, chunk by chunk
-        batches = DiskBatches(data, indices, batch_size, shuffle=shuffle, seed=seed)
+        batches = DiskBatches(data, indices, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
         return DataLoader(batches, batch_size=None, pin_memory=pin_memory)
-    sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed)
+    sampler = BatchIndexSampler(indices, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(data, sampler=sampler, batch_size=None, pin_memory=pin_memory)
 
 

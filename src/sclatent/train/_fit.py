@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import Strategy
 
 
 #: Cells per validation batch: larger batches are not faster, and a batch's likelihood terms
@@ -49,6 +50,8 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined.*")
             # map_query keeps the normalisation layers in evaluation mode on purpose
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            # under distributed training the plan logs losses already summed over every process
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -129,6 +132,71 @@ class FitOutcome:
     seconds: float
     #: How the training batches were drawn: at random from memory, or chunk by chunk from disk.
     batches: str = "cells drawn at random from memory"
+    #: Processes that trained together (distributed training), and this process's rank among them.
+    world_size: int = 1
+    global_rank: int = 0
+
+
+#: What to do instead of a distributed launcher that trains in other processes than the caller's.
+_DDP_SCRIPT_ADVICE = (
+    "Put the training in a script and run it with `python script.py` (strategy='ddp', devices=N), "
+    "`torchrun --nproc_per_node=N script.py` or `srun` (see the 'Scaling out' page of the docs); "
+    "or train in one process here (devices=1)."
+)
+
+
+def _check_launcher(trainer: L.Trainer) -> None:
+    """Refuse launchers that train in spawned or forked processes: the trained model would stay there."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if trainer.world_size > 1 and isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        msg = (
+            f"strategy={type(trainer.strategy).__name__} with start method "
+            f"{trainer.strategy.launcher._start_method!r} trains in new processes, and their history, early "
+            f"stopping and best weights would not come back to this one; run the training as a script instead. {_DDP_SCRIPT_ADVICE}"
+        )
+        raise ValueError(msg)
+
+
+def _check_devices(accelerator: str, devices, num_nodes: int) -> None:
+    """Raise when ``devices`` asks for more GPUs or CPU processes than this machine has, before Lightning starts any."""
+    import os
+
+    if not isinstance(num_nodes, int | np.integer) or num_nodes < 1:
+        msg = f"num_nodes must be an integer ≥ 1, got {num_nodes!r}; pass the number of machines that train together."
+        raise ValueError(msg)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int | np.integer) or devices < 1:
+        return  # "auto", -1 or a list of device ids: Lightning checks those
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if gpu:
+        have, what = torch.cuda.device_count(), "GPUs"
+        if have == 0:
+            msg = f"accelerator={accelerator!r} with devices={devices} asks for GPUs, but torch sees none; pass accelerator='cpu', or install a CUDA build of torch."
+            raise ValueError(msg)
+    elif accelerator in ("cpu", "auto"):
+        have, what = os.cpu_count() or 1, "CPU cores (one process each)"
+    else:
+        return
+    if devices > have:
+        msg = f"devices={devices} asks for more than this machine has: {have} {what}; pass devices={have} or fewer (with num_nodes for more machines)."
+        raise ValueError(msg)
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    """Build the trainer; Lightning's refusal of multi-process training in a notebook becomes sclatent's advice."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = L.Trainer(**kwargs)
+    except MisconfigurationException as e:
+        if "interactive" not in str(e):
+            raise
+        msg = f"training in several processes cannot start from a notebook or an interactive session; run it as a script. {_DDP_SCRIPT_ADVICE}"
+        raise ValueError(msg) from None
+    _check_launcher(trainer)
+    return trainer
 
 
 def run_fit(
@@ -146,6 +214,8 @@ def run_fit(
     on_improve: Callable[[int], None] | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
+    strategy: str | Strategy = "auto",
+    num_nodes: int = 1,
     progress_bar: bool = True,
     callbacks: Sequence[Callback] = (),
     max_time: str | timedelta | None = None,
@@ -159,6 +229,15 @@ def run_fit(
     warning), a clear :class:`FloatingPointError` when the loss diverges (``divergence_advice``
     is added to it), a warm-up that makes reruns bit-identical, data held on the GPU when they
     fit, and no chatter from Lightning. The module ends on the CPU, in evaluation mode.
+
+    Distributed data parallel training (``strategy="ddp"``, ``devices=N``, ``num_nodes=M``, or
+    started by ``torchrun``/``srun``) runs through Lightning: every process calls this function
+    (Lightning starts the others by running the same script), takes a disjoint share of the
+    training and validation cells in the same number of batches, and the losses are summed over
+    all processes, so early stopping stops every rank at the same epoch and every rank ends with
+    the same weights. Launchers that spawn or fork the processes (``"ddp_spawn"``,
+    ``"ddp_notebook"``) are refused before training: the results would stay in those processes.
+    Each rank draws its own dropout and sampling noise (seed + rank).
     """
     module = plan.module
     n_val = len(val_idx)
@@ -170,15 +249,19 @@ def run_fit(
     cbs += [best] if best is not None else []
     cbs += [stopper] if early_stopping else []
 
+    _check_devices(accelerator, devices, num_nodes)
     module.train()  # a loaded model is in eval mode
     _warm_up(module, data[train_idx[: min(batch_size, len(train_idx))]])
     start = time.perf_counter()
     with _quiet_lightning(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        trainer = L.Trainer(
+        trainer = _trainer(
             max_epochs=int(max_epochs),
             accelerator=accelerator,
             devices=devices,
+            strategy=strategy,
+            num_nodes=int(num_nodes),
+            use_distributed_sampler=False,  # the loaders below give each rank its share
             callbacks=cbs,
             logger=False,
             enable_checkpointing=any(type(cb).__name__ == "ModelCheckpoint" for cb in callbacks),
@@ -189,12 +272,18 @@ def run_fit(
             deterministic=False,
             max_time=max_time,
         )
+        ranks = {"rank": trainer.global_rank, "world_size": trainer.world_size}
+        if trainer.world_size > 1:
+            torch.manual_seed(seed + trainer.global_rank)  # each rank its own noise; the same weights (rank 0's)
+            _check_shares(len(train_idx), n_val, trainer.world_size)
         on_device = _place_data(data, trainer.strategy.root_device)
         pin = trainer.strategy.root_device.type == "cuda" and not on_device
         train_loader = make_loader(
-            data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=seed, pin_memory=pin
+            data, train_idx, min(batch_size, len(train_idx)), shuffle=True, seed=seed, pin_memory=pin, **ranks
         )
-        val_loader = make_loader(data, val_idx, VALIDATION_BATCH_SIZE, shuffle=False, pin_memory=pin) if n_val else None
+        val_loader = (
+            make_loader(data, val_idx, VALIDATION_BATCH_SIZE, shuffle=False, pin_memory=pin, **ranks) if n_val else None
+        )
         try:
             with _graceful_interrupt(trainer) as interrupt:
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
@@ -237,4 +326,18 @@ def run_fit(
         )
     best_epoch = int(best.best_epoch) if best is not None and best.best_epoch is not None else n_epochs - 1
     batches = getattr(train_loader.dataset, "randomness", FitOutcome.batches)
-    return FitOutcome(history, n_epochs, best_epoch, stop_reason, seconds, batches)
+    if trainer.world_size > 1:
+        batches += f"; each of {trainer.world_size} processes takes a disjoint share of the cells"
+    return FitOutcome(
+        history, n_epochs, best_epoch, stop_reason, seconds, batches, trainer.world_size, trainer.global_rank
+    )
+
+
+def _check_shares(n_train: int, n_val: int, world_size: int) -> None:
+    """Raise unless every process gets at least two training cells and, with validation, one validation cell."""
+    if n_train < 2 * world_size or 0 < n_val < world_size:
+        msg = (
+            f"{n_train} training and {n_val} validation cells cannot be shared among {world_size} processes "
+            f"(each needs two training cells and one validation cell); use fewer devices or processes."
+        )
+        raise ValueError(msg)

@@ -16,7 +16,9 @@ class TrainingPlan(L.LightningModule):
 
     The per-epoch negative ELBO (reconstruction + KL at full weight, per cell) on the training
     and validation cells is kept in ``history`` and logged as ``train_loss`` and
-    ``validation_loss`` (the latter is what early stopping monitors).
+    ``validation_loss`` (the latter is what early stopping monitors). Under distributed training
+    both are summed over the cells of every process, so every rank holds the same history and
+    early stopping decides the same on every rank.
 
     A loss that is not finite raises :class:`FloatingPointError`: on the CPU at once, before the
     optimiser step; on a GPU at the end of the epoch, so that no step waits for the device (the
@@ -69,8 +71,12 @@ class TrainingPlan(L.LightningModule):
         acc[1] += n
 
     def _epoch_mean(self, split: str) -> float:
+        """Return the epoch's mean loss per cell, over the cells of every process under distributed training."""
         total, n = self._sums[split]
         self._sums[split] = [0.0, 0]
+        if self.trainer.world_size > 1:  # every rank calls this at the same point of the epoch
+            sums = torch.tensor([float(total), float(n)], dtype=torch.float64, device=self.device)
+            total, n = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         return float(total) / max(n, 1)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,134 @@
+"""Distributed data parallel training: two real processes on the CPU (gloo), checked from outside.
+
+Lightning's DDP starts rank 1 by running the script again, so the training runs in
+``ddp_check.py``, in a subprocess with a timeout; this test reads what each rank wrote.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sclatent as sl
+from sclatent.train import CellData
+from sclatent.train._fit import _check_launcher
+
+SCRIPT = Path(__file__).with_name("ddp_check.py")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ddp_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, *launcher, str(SCRIPT), str(out), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _check_ranks(out: Path, ranks: list[dict]) -> None:
+    train = set(ranks[0]["train_indices"])
+    assert ranks[0]["train_indices"] == ranks[1]["train_indices"]
+    assert ranks[0]["validation_indices"] == ranks[1]["validation_indices"]
+    assert [r["training_info"]["global_rank"] for r in ranks] == [0, 1]
+    assert all(r["training_info"]["world_size"] == 2 for r in ranks)
+    # every epoch: the ranks' cells are disjoint, each once, and together they are the training cells
+    assert len(ranks[0]["cells"]) == len(ranks[1]["cells"]) == ranks[0]["training_info"]["n_epochs"]
+    for a, b in zip(ranks[0]["cells"], ranks[1]["cells"], strict=True):
+        assert len(a) == len(set(a))
+        assert len(b) == len(set(b))
+        assert not set(a) & set(b)
+        assert set(a) | set(b) == train
+    # early stopping stopped both ranks at the same epoch, on the same (synced) validation losses
+    info = [r["training_info"] for r in ranks]
+    assert info[0]["stop_reason"] == info[1]["stop_reason"] == "early_stopping"
+    assert info[0]["n_epochs"] == info[1]["n_epochs"] < info[0]["max_epochs"]
+    assert info[0]["best_epoch"] == info[1]["best_epoch"]
+    assert ranks[0]["history"] == ranks[1]["history"]
+    # both ranks end with identical weights (the best epoch's), and so the same latent
+    w0, w1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert ranks[0]["latent_first_cells"] == ranks[1]["latent_first_cells"]
+
+
+def test_two_processes_agree_and_match_one_process_step(tmp_path):
+    ranks = _run(tmp_path, "deterministic")
+    _check_ranks(tmp_path, ranks)
+    # the first step's gradient, averaged by DDP, equals one process's step on both ranks' batches together
+    script = _script()
+    model = sl.models.Autoencoder(script.load(), **script.MODES["deterministic"]["model"])
+    model.module.load_state_dict(torch.load(tmp_path / "init.pt"))
+    first = [json.loads((tmp_path / f"rank{r}_first_batch.json").read_text()) for r in (0, 1)]
+    assert len(first[0]) == len(first[1])  # equal batches: the mean of the two means is the mean over both
+    cells = np.sort(np.concatenate(first))
+    module = model.module.train()
+    module(CellData(*model._data)[cells], kl_weight=1.0).loss.backward()
+    g0, g1 = torch.load(tmp_path / "rank0_grad.pt"), torch.load(tmp_path / "rank1_grad.pt")
+    expected = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+    assert g0.keys() == g1.keys() == expected.keys()
+    for k, g in expected.items():
+        assert torch.equal(g0[k], g1[k]), k
+        # measured: at most 5.7e-6 apart, for gradients up to 32
+        assert (g0[k] - g).abs().max().item() < 1e-5, k
+
+
+def test_two_processes_from_disk_with_the_default_model(tmp_path):
+    ranks = _run(tmp_path, "default", "backed")
+    _check_ranks(tmp_path, ranks)
+    assert "each of 2 processes takes a disjoint share" in ranks[0]["training_info"]["batches"]
+    assert "chunks of" in ranks[0]["training_info"]["batches"]
+
+
+def test_two_processes_started_by_torchrun(tmp_path):
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    ranks = _run(tmp_path, "default", launcher=torchrun)
+    _check_ranks(tmp_path, ranks)
+
+
+def test_launchers_that_keep_the_model_elsewhere_are_refused(pbmc_small):
+    import lightning as L
+
+    from sclatent_test_helpers import assert_names_fix
+
+    for strategy in ("ddp_spawn", "ddp_fork"):
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, logger=False)
+        with pytest.raises(ValueError, match="would not come back") as raised:
+            _check_launcher(trainer)
+        assert_names_fix(raised.value)
+    model = sl.models.Autoencoder(pbmc_small)
+    with pytest.raises(ValueError, match="would not come back"):
+        model.fit(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", progress_bar=False)
+    assert not model.is_trained
+
+
+def test_more_devices_than_the_machine_has_fail_before_training(pbmc_small):
+    from sclatent_test_helpers import assert_names_fix
+
+    model = sl.models.Autoencoder(pbmc_small)
+    cases = [
+        ({"accelerator": "cpu", "devices": (os.cpu_count() or 1) + 1}, "asks for more than this machine has"),
+        ({"accelerator": "cpu", "devices": 1, "num_nodes": 0}, "num_nodes must be"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(({"accelerator": "gpu", "devices": 2}, "torch sees none"))
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match) as raised:
+            model.fit(max_epochs=1, progress_bar=False, **kwargs)
+        assert_names_fix(raised.value)
+        assert not model.is_trained
