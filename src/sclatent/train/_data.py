@@ -222,7 +222,7 @@ class DiskBatches(IterableDataset):
         ``DISK_CHUNK_SIZE`` (1,024) and ``DISK_WINDOW`` (16) of this module.
     rank, world_size
         Under distributed training, this process's rank and the number of processes: each
-        rank goes through its own contiguous share of the cells (:func:`shard`), and every rank
+        rank goes through its own contiguous share of the cells (sizes differ by at most one), and every rank
         yields the same number of batches (a rank with one cell more puts it into its last batch).
     """
 
@@ -367,7 +367,7 @@ class BatchIndexSampler(Sampler):
     cells and takes every ``world_size``-th cell from position ``rank``, so the ranks' cells are
     disjoint and together cover every cell once per epoch; each rank cuts its cells into the same
     number of batches (at most ``batch_size`` cells each, one more on a rank with one more cell).
-    Without shuffling (validation) each rank takes its contiguous share (:func:`shard`).
+    Without shuffling (validation) each rank takes its contiguous share (sizes differ by at most one).
     """
 
     def __init__(
