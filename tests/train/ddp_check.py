@@ -9,6 +9,8 @@ Usage: ``python ddp_check.py OUT {default,deterministic} [backed]``
 - ``default``: the default autoencoder (batch norm, variational, dropout), with early stopping.
 - ``deterministic``: no sampling noise, no dropout, layer norm, so that the first step's
   gradient can be compared with a single-process step on the two ranks' batches together.
+- ``diverge``: a learning rate that makes the loss NaN; each rank writes the error it got to
+  ``rank{R}_error.txt``.
 - ``backed``: train from an h5ad opened with ``backed="r"`` (out of core) instead of memory.
 
 Each rank writes ``rank{R}.json`` (the cells of every batch, per epoch; the history; the
@@ -20,6 +22,7 @@ the weights before training.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +40,8 @@ MODES = {
         "model": {"variational": False, "dropout_rate": 0.0, "norm": "layer"},
         "fit": {"learning_rate": 1e-2, "kl_warmup_epochs": 0},
     },
+    # a learning rate that makes the loss diverge: every rank must stop with the error, none may hang
+    "diverge": {"model": {}, "fit": {"learning_rate": 1e6, "kl_warmup_epochs": 0}},
 }
 #: Cells: 1,800 for training (900 per rank, so that both ranks' batches are the same size), 200 held out.
 N_CELLS = 2000
@@ -84,9 +89,18 @@ def main(out: Path, mode: str, backed: bool) -> None:
             adata.write_h5ad(path)
         adata = ad.read_h5ad(path, backed="r")
     model = sl.models.Autoencoder(adata, **MODES[mode]["model"])
-    if "LOCAL_RANK" not in __import__("os").environ:  # rank 0, before Lightning starts the others
+    if "LOCAL_RANK" not in os.environ:  # rank 0, before Lightning starts the others
         torch.save(model.module.state_dict(), out / "init.pt")
     recorder = Recorder(out, grad=mode == "deterministic")
+    if mode == "diverge":
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        try:
+            model.fit(
+                max_epochs=20, accelerator="cpu", devices=2, strategy="ddp", progress_bar=False, **MODES[mode]["fit"]
+            )
+        except FloatingPointError as e:
+            (out / f"rank{rank}_error.txt").write_text(str(e))
+        return
     model.fit(
         max_epochs=200,
         early_stopping_patience=3,

@@ -101,6 +101,16 @@ def test_two_processes_started_by_torchrun(tmp_path):
     _check_ranks(tmp_path, ranks)
 
 
+def test_a_diverging_loss_stops_every_rank_with_the_error(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "diverge"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]  # no hang (the timeout), no crash
+    for rank in (0, 1):
+        assert "Training diverged" in (tmp_path / f"rank{rank}_error.txt").read_text()
+
+
 def test_launchers_that_keep_the_model_elsewhere_are_refused(pbmc_small):
     import lightning as L
 
@@ -132,3 +142,45 @@ def test_more_devices_than_the_machine_has_fail_before_training(pbmc_small):
             model.fit(max_epochs=1, progress_bar=False, **kwargs)
         assert_names_fix(raised.value)
         assert not model.is_trained
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize(("n", "batch_size"), [(1351, 128), (1025, 3), (7, 3), (4099, 64)])
+def test_ranks_share_every_epoch_evenly(pbmc_hvg, tmp_path, world_size, n, batch_size):
+    """Every rank's loader, built as each process builds it: disjoint cells covering all, equal batch counts."""
+    import anndata as ad
+
+    from sclatent.train._data import BatchIndexSampler, DiskBatches
+
+    if n < 2 * world_size:
+        pytest.skip("fewer cells than the processes need")
+    pbmc_hvg[: min(n, pbmc_hvg.n_obs)].write_h5ad(tmp_path / "d.h5ad")
+    backed = ad.read_h5ad(tmp_path / "d.h5ad", backed="r")
+    cells = np.arange(min(n, pbmc_hvg.n_obs))
+    data = CellData(backed.X, np.ones(len(cells)), np.zeros((len(cells), 0)), np.zeros((len(cells), 0)))
+    loaders = {
+        "memory": [
+            BatchIndexSampler(cells, batch_size, shuffle=True, seed=0, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ],
+        "disk": [
+            DiskBatches(data, cells, batch_size, shuffle=True, chunk_size=64, window=4, rank=r, world_size=world_size)
+            for r in range(world_size)
+        ],
+    }
+    for where, ranks in loaders.items():
+        for _ in range(2):  # two epochs
+            per_rank = [
+                [np.asarray(b) if where == "memory" else b["cells"].numpy() for b in loader] for loader in ranks
+            ]
+            counts = {len(batches) for batches in per_rank}
+            assert len(counts) == 1, (where, counts)  # the same number of batches on every rank
+            assert all(len(loader) == len(per_rank[0]) for loader in ranks)
+            assert min(len(b) for batches in per_rank for b in batches) >= 2
+            seen = np.concatenate([np.concatenate(batches) for batches in per_rank])
+            np.testing.assert_array_equal(np.sort(seen), cells)  # disjoint, and every cell once
+        if where == "disk" and len(cells) >= 16 * 64:
+            # rank 0 draws from the whole file, not from its first 1/world_size
+            first = np.concatenate([b["cells"].numpy() for b in ranks[0]])
+            assert first.max() > len(cells) * (1 - 1 / world_size)
+    backed.file.close()

@@ -221,8 +221,12 @@ class DiskBatches(IterableDataset):
         Cells per contiguous read, and chunks shuffled together in memory; by default
         ``DISK_CHUNK_SIZE`` (1,024) and ``DISK_WINDOW`` (16) of this module.
     rank, world_size
-        Under distributed training, this process's rank and the number of processes: each
-        rank goes through its own contiguous share of the cells (sizes differ by at most one), and every rank
+        Under distributed training, this process's rank and the number of processes. When
+        shuffling, every epoch each rank takes every ``world_size``-th chunk of the same random
+        chunk order, so that every rank's batches (and rank 0's batch-norm statistics, which DDP
+        hands to all) draw from the whole file; the cells of the last few chunks, fewer than one
+        per rank, are split evenly. Without shuffling each rank takes a contiguous share. Either
+        way the ranks' cells are disjoint, cover every cell once per epoch, and every rank
         yields the same number of batches (a rank with one cell more puts it into its last batch).
     """
 
@@ -240,16 +244,28 @@ class DiskBatches(IterableDataset):
         world_size: int = 1,
     ) -> None:
         self.data = data
-        shares = shard(np.sort(np.asarray(indices, dtype=np.int64)), world_size)
-        self.indices = shares[rank]
-        #: Batches per epoch, the same on every rank.
-        self.max_batches = n_batches(min(len(s) for s in shares), batch_size)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = seed
         self.chunk_size = int(chunk_size or DISK_CHUNK_SIZE)
         self.window = int(window or DISK_WINDOW) if shuffle else 1
         self.epoch = 0
+        self.rank, self.world_size = int(rank), int(world_size)
+        cells = np.sort(np.asarray(indices, dtype=np.int64))
+        if self.world_size > 1 and shuffle:
+            #: Full chunks shared round-robin anew every epoch (a multiple of world_size of them) ...
+            self._n_shared = len(cells) // self.chunk_size // self.world_size * self.world_size
+            #: ... and the cells after them, split evenly: this rank's part.
+            tail = cells[self._n_shared * self.chunk_size :]
+            self._tail = shard(tail, self.world_size)[self.rank]
+            self._all = self.indices = cells  # this rank's cells change every epoch
+            min_share = self._n_shared // self.world_size * self.chunk_size + len(tail) // self.world_size
+        else:
+            shares = shard(cells, self.world_size)
+            self.indices = shares[self.rank]
+            min_share = min(len(s) for s in shares)
+        #: Batches per epoch, the same on every rank.
+        self.max_batches = n_batches(min_share, self.batch_size)
 
     @property
     def randomness(self) -> str:
@@ -264,24 +280,42 @@ class DiskBatches(IterableDataset):
         )
 
     def __len__(self) -> int:
-        return min(n_batches(len(self.indices), self.batch_size), self.max_batches)
+        if self._distributed:
+            n = self._n_shared // self.world_size * self.chunk_size + len(self._tail)
+        else:
+            n = len(self.indices)
+        return min(n_batches(n, self.batch_size), self.max_batches)
 
-    def _windows(self, order: np.ndarray):
-        """Yield (rows, cells) of each window of chunks, in ``order``."""
+    @property
+    def _distributed(self) -> bool:
+        return self.world_size > 1 and self.shuffle
+
+    def _windows(self, pieces: list[np.ndarray]):
+        """Yield (rows, cells) of each window of ``window`` pieces (sorted cells, each read as a whole)."""
+        for w in range(0, len(pieces), self.window):
+            chunks = pieces[w : w + self.window]
+            yield _stack([self.data.read_rows(c) for c in chunks]), np.concatenate(chunks)
+
+    def _pieces(self, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Return this epoch's chunks for this rank, in the order they are read."""
         cs = self.chunk_size
-        for w in range(0, len(order), self.window):
-            chunks = [self.indices[c * cs : (c + 1) * cs] for c in order[w : w + self.window]]
-            cells = np.concatenate(chunks)
-            yield _stack([self.data.read_rows(c) for c in chunks]), cells
+        if not self._distributed:
+            order = np.arange(-(-len(self.indices) // cs))
+            if rng is not None:
+                order = rng.permutation(order)
+            return [self.indices[c * cs : (c + 1) * cs] for c in order]
+        mine = rng.permutation(self._n_shared)[self.rank :: self.world_size]
+        pieces = [self._all[c * cs : (c + 1) * cs] for c in mine]
+        if len(self._tail):
+            pieces.insert(int(rng.integers(len(pieces) + 1)), self._tail)
+        return pieces
 
     def __iter__(self):
-        n_chunks = -(-len(self.indices) // self.chunk_size)
-        order, rng = np.arange(n_chunks), None
+        rng = None
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
-            order = rng.permutation(order)
             self.epoch += 1
-        windows = _Prefetch(self._windows(order))
+        windows = _Prefetch(self._windows(self._pieces(rng)))
         try:
             rest_rows = rest_cells = None
             pending, n_cut = None, 0

@@ -171,7 +171,7 @@ def _check_devices(accelerator: str, devices, num_nodes: int) -> None:
         return  # "auto", -1 or a list of device ids: Lightning checks those
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if gpu:
-        have, what = torch.cuda.device_count(), "GPUs"
+        have, what = torch.cuda.device_count() or int(torch.backends.mps.is_available()), "GPUs"
         if have == 0:
             msg = f"accelerator={accelerator!r} with devices={devices} asks for GPUs, but torch sees none; pass accelerator='cpu', or install a CUDA build of torch."
             raise ValueError(msg)
@@ -275,7 +275,7 @@ def run_fit(
         ranks = {"rank": trainer.global_rank, "world_size": trainer.world_size}
         if trainer.world_size > 1:
             torch.manual_seed(seed + trainer.global_rank)  # each rank its own noise; the same weights (rank 0's)
-            _check_shares(len(train_idx), n_val, trainer.world_size)
+            _check_shares(len(train_idx), n_val, trainer.world_size, batch_size)
         on_device = _place_data(data, trainer.strategy.root_device)
         pin = trainer.strategy.root_device.type == "cuda" and not on_device
         train_loader = make_loader(
@@ -287,6 +287,8 @@ def run_fit(
         try:
             with _graceful_interrupt(trainer) as interrupt:
                 trainer.fit(plan, train_dataloaders=train_loader, val_dataloaders=val_loader)
+            if trainer.world_size > 1:
+                _sync_buffers(trainer, module)
         except FloatingPointError as e:
             module.to("cpu").eval()
             kept = (
@@ -333,11 +335,24 @@ def run_fit(
     )
 
 
-def _check_shares(n_train: int, n_val: int, world_size: int) -> None:
-    """Raise unless every process gets at least two training cells and, with validation, one validation cell."""
+def _check_shares(n_train: int, n_val: int, world_size: int, batch_size: int) -> None:
+    """Raise unless every process gets two training cells and, with validation, one validation cell, in batches of two or more."""
     if n_train < 2 * world_size or 0 < n_val < world_size:
         msg = (
             f"{n_train} training and {n_val} validation cells cannot be shared among {world_size} processes "
             f"(each needs two training cells and one validation cell); use fewer devices or processes."
         )
         raise ValueError(msg)
+    if batch_size < 3:
+        msg = f"batch_size={batch_size} is too small for distributed training: sharing the cells evenly could leave a batch of one cell; pass batch_size ≥ 3."
+        raise ValueError(msg)
+
+
+def _sync_buffers(trainer: L.Trainer, module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics): each rank's last training step updated its own.
+
+    The weights are not touched: DDP keeps them the same on every rank by itself.
+    """
+    buffers = {k: v.detach().cpu() for k, v in module.named_buffers()}
+    for k, v in trainer.strategy.broadcast(buffers, src=0).items():
+        module.get_buffer(k).copy_(v)

@@ -21,8 +21,9 @@ class TrainingPlan(L.LightningModule):
     early stopping decides the same on every rank.
 
     A loss that is not finite raises :class:`FloatingPointError`: on the CPU at once, before the
-    optimiser step; on a GPU at the end of the epoch, so that no step waits for the device (the
-    best weights so far are restored by :class:`~sclatent.train.BestWeights`).
+    optimiser step; on a GPU at the end of the epoch, so that no step waits for the device, and
+    under distributed training at the end of the epoch on every rank together (the best weights
+    so far are restored by :class:`~sclatent.train.BestWeights`).
 
     Parameters
     ----------
@@ -81,7 +82,7 @@ class TrainingPlan(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.module(batch, kl_weight=self.kl_weight)
-        if out.loss.device.type == "cpu":
+        if out.loss.device.type == "cpu" and self.trainer.world_size == 1:
             if not torch.isfinite(out.loss):
                 # stop before the optimiser step, so the weights stay finite
                 msg = (
@@ -90,7 +91,8 @@ class TrainingPlan(L.LightningModule):
                 )
                 raise FloatingPointError(msg)
         else:
-            # on a GPU a per-step check would wait for the device every step: count and check once per epoch
+            # on a GPU a per-step check would wait for the device every step, and under distributed training
+            # an error on one rank alone would leave the others waiting: count, and check once per epoch
             self._nonfinite = self._nonfinite + (~torch.isfinite(out.loss.detach())).int()
         self._accumulate("train", out, batch["x"].shape[0])
         return out.loss
@@ -111,6 +113,8 @@ class TrainingPlan(L.LightningModule):
         self._nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)
 
     def on_train_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # every rank learns of every rank's count, so all of them raise together
+            self._nonfinite = self.trainer.strategy.reduce(self._nonfinite, reduce_op="sum")
         if int(self._nonfinite):
             msg = (
                 f"the training loss became NaN or infinite in {int(self._nonfinite)} steps of epoch {self.current_epoch}; "
