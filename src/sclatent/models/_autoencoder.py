@@ -232,9 +232,10 @@ class Autoencoder:
         accelerator
             Lightning's accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``, …
         devices
-            Lightning's devices.
+            Lightning's devices. ``"auto"`` is one device unless ``strategy`` or ``num_nodes`` asks
+            for distributed training (then every device Lightning finds).
         strategy
-            Lightning's strategy: ``"auto"`` (one process), or ``"ddp"`` with ``devices=N`` (and
+            Lightning's strategy: ``"auto"`` (one process unless ``devices`` > 1), or ``"ddp"`` with ``devices=N`` (and
             ``num_nodes``) for distributed data parallel training, run as a script (``python
             script.py``, ``torchrun`` or ``srun``); see :func:`sclatent.train.run_fit`.
         num_nodes

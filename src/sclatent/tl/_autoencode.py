@@ -170,9 +170,10 @@ def autoencode(
     accelerator
         Lightning's accelerator: ``"auto"`` uses a GPU when there is one, ``"cpu"`` or ``"gpu"``.
     devices
-        Lightning's devices.
+        Lightning's devices. ``"auto"`` is one device unless ``strategy`` or ``num_nodes`` asks
+        for distributed training (then every device Lightning finds).
     strategy
-        Lightning's strategy: ``"auto"`` (one process), or ``"ddp"`` with ``devices=N`` (and
+        Lightning's strategy: ``"auto"`` (one process unless ``devices`` > 1), or ``"ddp"`` with ``devices=N`` (and
         ``num_nodes``) for distributed data parallel training, run as a script (``python
         script.py``, ``torchrun`` or ``srun``): the script runs once per process, and every
         process ends with the same model and results; write files from one of them

@@ -193,7 +193,7 @@ def classify(
         Layer with the counts; ``None`` means ``adata.X`` (with ``autoencoder``, its own layer).
     use_rep
         Key of ``adata.obsm`` with the autoencoder's latent (e.g. ``"X_sclatent"``), to classify
-        from it; checked to be that autoencoder's latent of these cells. Needs ``autoencoder``.
+        from it; checked, on the first 256 cells, to be that autoencoder's latent. Needs ``autoencoder``.
     autoencoder
         The trained :class:`~sclatent.models.Autoencoder` whose latent the classifier reads
         (``sl.tl.autoencode(adata, return_model=True)``).

@@ -201,7 +201,8 @@ def transfer_labels(
         Column of ``query.obs`` for the labels, by default ``f"{label_key}_transferred"``; the
         uncertainty goes to ``f"{key_added}_uncertainty"``.
     random_state
-        Seed of the sample of reference cells that sets the distance scale (more than 20,000 cells).
+        Seed of the sample of reference cells that sets the distance scale (more than 20,000
+        cells), and of the reference cells that calibrate the expression match.
     copy
         Return a copy of ``query`` instead of writing to it.
 
@@ -214,7 +215,7 @@ def transfer_labels(
     ``query.obs[f'{key_added}_uncertainty']`` : :class:`numpy.ndarray`
         Between 0 (all neighbours agree, as close as reference cells are to each other) and 1.
     ``query.obs[f'{key_added}_expression_match']`` : :class:`numpy.ndarray`
-        The expression match as the share of reference cells that match worse (0 to 1), unless
+        The expression match as the share of reference cells that match worse or equally (0 to 1), unless
         ``novelty_quantile=None``.
     ``query.uns[key_added]`` : :class:`dict`
         The parameters, and the distance scales :math:`h` and :math:`q`.

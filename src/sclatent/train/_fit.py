@@ -250,6 +250,8 @@ def run_fit(
     cbs += [stopper] if early_stopping else []
 
     _check_devices(accelerator, devices, num_nodes)
+    if devices == "auto" and strategy == "auto" and num_nodes == 1:
+        devices = 1  # Lightning's "auto" takes every GPU, and starts the script again on each: only when asked
     module.train()  # a loaded model is in eval mode
     _warm_up(module, data[train_idx[: min(batch_size, len(train_idx))]])
     start = time.perf_counter()
