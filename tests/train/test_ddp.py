@@ -31,12 +31,17 @@ def _script():
     return module
 
 
-def _run(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[dict]:
+def _launch(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> None:
+    """Run the script in a subprocess (no hang: the timeout; no crash: the exit status)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, *launcher, str(SCRIPT), str(out), *args], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def _run(out: Path, *args: str, launcher: tuple[str, ...] = ()) -> list[dict]:
+    _launch(out, *args, launcher=launcher)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
@@ -102,11 +107,7 @@ def test_two_processes_started_by_torchrun(tmp_path):
 
 
 def test_a_diverging_loss_stops_every_rank_with_the_error(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "diverge"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]  # no hang (the timeout), no crash
+    _launch(tmp_path, "diverge")
     for rank in (0, 1):
         assert "Training diverged" in (tmp_path / f"rank{rank}_error.txt").read_text()
 

@@ -39,10 +39,10 @@ def _neighbour_mean(X, idx: np.ndarray) -> np.ndarray:
 def _gene_scale(X) -> tuple[np.ndarray, np.ndarray]:
     """Each gene's mean and standard deviation (plus 0.001) over the cells of ``X`` (sparse or dense)."""
     import scipy.sparse as sp
+    from sklearn.utils.sparsefuncs import mean_variance_axis
 
-    mu = np.asarray(X.mean(axis=0)).ravel()
-    squares = X.multiply(X) if sp.issparse(X) else np.square(X)
-    return mu, np.sqrt(np.maximum(np.asarray(squares.mean(axis=0)).ravel() - mu**2, 0.0)) + 1e-3
+    mu, var = mean_variance_axis(X, axis=0) if sp.issparse(X) else (X.mean(axis=0), X.var(axis=0))
+    return np.asarray(mu), np.sqrt(np.asarray(var)) + 1e-3
 
 
 def _match(cells: np.ndarray, neighbours: np.ndarray, own: tuple, theirs: tuple) -> np.ndarray:

@@ -258,14 +258,16 @@ class DiskBatches(IterableDataset):
             #: ... and the cells after them, split evenly: this rank's part.
             tail = cells[self._n_shared * self.chunk_size :]
             self._tail = shard(tail, self.world_size)[self.rank]
-            self._all = self.indices = cells  # this rank's cells change every epoch
-            min_share = self._n_shared // self.world_size * self.chunk_size + len(tail) // self.world_size
+            self.indices = cells  # which of them this rank takes changes every epoch
+            per_rank = self._n_shared // self.world_size * self.chunk_size
+            n_mine, min_share = per_rank + len(self._tail), per_rank + len(tail) // self.world_size
         else:
             shares = shard(cells, self.world_size)
             self.indices = shares[self.rank]
-            min_share = min(len(s) for s in shares)
+            n_mine, min_share = len(self.indices), min(len(s) for s in shares)
         #: Batches per epoch, the same on every rank.
         self.max_batches = n_batches(min_share, self.batch_size)
+        self._n_batches = min(n_batches(n_mine, self.batch_size), self.max_batches)
 
     @property
     def randomness(self) -> str:
@@ -280,15 +282,7 @@ class DiskBatches(IterableDataset):
         )
 
     def __len__(self) -> int:
-        if self._distributed:
-            n = self._n_shared // self.world_size * self.chunk_size + len(self._tail)
-        else:
-            n = len(self.indices)
-        return min(n_batches(n, self.batch_size), self.max_batches)
-
-    @property
-    def _distributed(self) -> bool:
-        return self.world_size > 1 and self.shuffle
+        return self._n_batches
 
     def _windows(self, pieces: list[np.ndarray]):
         """Yield (rows, cells) of each window of ``window`` pieces (sorted cells, each read as a whole)."""
@@ -299,13 +293,13 @@ class DiskBatches(IterableDataset):
     def _pieces(self, rng: np.random.Generator | None) -> list[np.ndarray]:
         """Return this epoch's chunks for this rank, in the order they are read."""
         cs = self.chunk_size
-        if not self._distributed:
+        if self.world_size == 1 or not self.shuffle:
             order = np.arange(-(-len(self.indices) // cs))
             if rng is not None:
                 order = rng.permutation(order)
             return [self.indices[c * cs : (c + 1) * cs] for c in order]
         mine = rng.permutation(self._n_shared)[self.rank :: self.world_size]
-        pieces = [self._all[c * cs : (c + 1) * cs] for c in mine]
+        pieces = [self.indices[c * cs : (c + 1) * cs] for c in mine]
         if len(self._tail):
             pieces.insert(int(rng.integers(len(pieces) + 1)), self._tail)
         return pieces
