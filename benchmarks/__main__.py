@@ -10,12 +10,13 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks import autoencode_vs_scvi, defaults, disk, mapping, quality, scale, trajectory
+from benchmarks import autoencode_vs_scvi, defaults, disk, labels, mapping, quality, scale, trajectory
 
 PAGES = {
     "speed": ("Speed against scVI on PBMC 3k", autoencode_vs_scvi.main),
     "quality": ("Latent quality on every data set: sclatent, scVI, PCA, Harmony", quality.main),
     "defaults": ("The defaults study: candidate settings, chosen leave-one-data-set-out", defaults.main),
+    "labels": ("Where PBMC 3k's labels come from, and what that does to the bio score", labels.main),
     "trajectory": ("Pseudotime on paul15: sclatent against scanpy's DPT", trajectory.main),
     "mapping": ("Mapping a query onto a reference: sclatent against scvi-tools", mapping.main),
     "scale": ("Cost against cells: 4k, 10k, 100k and 1M cells", scale.main),
