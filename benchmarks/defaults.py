@@ -290,15 +290,14 @@ def report(results: pd.DataFrame, base: pd.DataFrame | None) -> list[str]:
             else f"Leave-one-out chooses **{chosen}** most often; the package's defaults do not follow it yet."
         ),
     ]
-    winner = current
     if base is not None:
         lines += [
             "",
             "## Against the baselines",
             "",
-            f"**{winner}** next to the quality benchmark's medians (`quality.csv`).",
+            f"**{current}** next to the quality benchmark's medians (`quality.csv`).",
             "",
-            "| data set | score | " + winner + " | scVI | PCA | Harmony |",
+            "| data set | score | " + current + " | scVI | PCA | Harmony |",
             "|---|---|---|---|---|---|",
         ]
         for ds in total.index:
@@ -308,7 +307,7 @@ def report(results: pd.DataFrame, base: pd.DataFrame | None) -> list[str]:
                 b = base.loc[(ds, metric)]
                 cells = [b.get(m, np.nan) for m in ("scVI", "PCA", "Harmony")]
                 shown = " | ".join("" if np.isnan(v) else f"{v:.3f}" for v in cells)
-                lines.append(f"| {ds} | {metric} | {table.loc[ds, winner]:.3f} | {shown} |")
+                lines.append(f"| {ds} | {metric} | {table.loc[ds, current]:.3f} | {shown} |")
     return lines
 
 

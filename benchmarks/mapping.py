@@ -21,6 +21,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from sklearn.neighbors import NearestNeighbors
 
 import sclatent as sl
 from benchmarks.quality import load
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 #: sclatent's reference settings for mapping: layer norm (the query is normalised by itself, not
 #: by the reference's batch statistics) and a 10-dimensional latent, as scvi-tools' default.
@@ -58,7 +62,7 @@ def accuracy(query, reference, label: str, latent_key: str) -> float:
     return float((q.obs["_pred"].astype(str) == q.obs[label].astype(str)).mean())
 
 
-def as_reference_batch(query, batch_key: str, reference_batches) -> object:
+def as_reference_batch(query: ad.AnnData, batch_key: str, reference_batches) -> ad.AnnData:
     """A copy of the query with every cell in the first (sorted) reference batch: no surgery."""
     unmapped = query.copy()
     unmapped.obs[batch_key] = sorted(map(str, reference_batches))[0]
