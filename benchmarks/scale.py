@@ -8,6 +8,8 @@ process, so that peak memory (ru_maxrss) belongs to that run alone.
 "sclatent" and "scvi" use the same architecture and settings: ZINB, 1 hidden layer of 128,
 10 latent dimensions, batch size 128, no validation split, no early stopping.
 "sclatent-default" runs with sclatent's default batch size (256), against scVI's default (128).
+"-bf16" marks sclatent runs with ``precision="bf16-mixed"`` (matrix products in bfloat16; weights,
+likelihood and loss in float32), the same settings otherwise.
 
 Memory of a default ``sl.tl.autoencode(adata, max_epochs=1)`` ("autoencode-default", at 200k
 and 1M cells) is the whole process's peak (ru_maxrss), count matrix included: the data are
@@ -74,11 +76,17 @@ class EpochTimer(Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def fit_settings(epochs: int, batch_size: int, timer: EpochTimer) -> dict:
+def batch_size_of(tool: str) -> int:
+    """The batch size a tool's runs use: sclatent's default for the ``-default`` runs, else 128."""
+    return DEFAULT_BATCH_SIZE if "default" in tool else BATCH_SIZE
+
+
+def fit_settings(epochs: int, batch_size: int, timer: EpochTimer, precision: str = "32-true") -> dict:
     """``Autoencoder.fit`` arguments of every timed sclatent run: no validation, no early stopping."""
     return {
         "max_epochs": epochs,
         "batch_size": batch_size,
+        "precision": precision,
         "learning_rate": 1e-3,
         "validation_fraction": 0.0,
         "early_stopping": False,
@@ -160,7 +168,8 @@ def worker(tool: str, n_cells: int, epochs: int, profile: bool) -> dict:
         model = sl.models.Autoencoder(adata, **SAME_AS_SCVI, **ARCH)
         setup_s = time.perf_counter() - start
         with PeakRSS() as mem:
-            model.fit(**fit_settings(epochs, DEFAULT_BATCH_SIZE if tool == "sclatent-default" else BATCH_SIZE, timer))
+            precision = "bf16-mixed" if tool.endswith("-bf16") else "32-true"
+            model.fit(**fit_settings(epochs, batch_size_of(tool), timer, precision))
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before profiling
         if profile:
             out["loading_only_s"] = loading_only(model, n_cells)
@@ -291,7 +300,7 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
     ]
     for r in results:
         s = per_epoch(r)
-        batch = DEFAULT_BATCH_SIZE if r["tool"] == "sclatent-default" else BATCH_SIZE
+        batch = batch_size_of(r["tool"])
         lines.append(
             f"| {r['tool']} | {r['n_cells']:,} | {r['nnz']:,} | {batch} | {len(r['epoch_s'])} | {s:.2f} | {r['n_cells'] / s:,.0f} "
             f"| {r['train_peak_mb'] / 1024:.2f} | {r['data_mb'] / 1024:.2f} | {r['peak_rss_mb'] / 1024:.2f} |"
@@ -322,6 +331,13 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
         if ("sclatent-default", n) in by and ("scvi", n) in by:
             ratio = per_epoch(by["scvi", n]) / per_epoch(by["sclatent-default", n])
             lines.append(f"| {n:,}, each at its default batch size (256 and 128) | {ratio:.2f}× |")
+        for tool, what in (
+            ("sclatent-bf16", "both at batch size 128"),
+            ("sclatent-default-bf16", "each at its default batch size (256 and 128)"),
+        ):
+            if (tool, n) in by and ("scvi", n) in by:
+                ratio = per_epoch(by["scvi", n]) / per_epoch(by[tool, n])
+                lines.append(f"| {n:,}, {what}, sclatent with `precision='bf16-mixed'` | {ratio:.2f}× |")
     ours = [by["sclatent", n] for n in SIZES if ("sclatent", n) in by]
     if len(ours) > 1:
         slope = np.polyfit(np.log([r["n_cells"] for r in ours]), np.log([per_epoch(r) for r in ours]), 1)[0]
@@ -384,7 +400,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         return []
     results, missing = [], []
     for n in args.sizes:
-        tools = ("sclatent", "scvi", "sclatent-default") if n in (4_000, 100_000, 1_000_000) else ("sclatent", "scvi")
+        tools = ("sclatent", "scvi")
+        if n in (4_000, 100_000, 1_000_000):
+            tools += ("sclatent-default", "sclatent-bf16", "sclatent-default-bf16")
         for tool in tools:
             r = run(
                 tool,

@@ -186,6 +186,7 @@ class Autoencoder:
         callbacks: Sequence[Callback] = (),
         max_time: str | timedelta | None = None,
         checkpoint_dir: str | Path | None = None,
+        precision: str = "32-true",
     ) -> Autoencoder:
         """Train on the AnnData given at construction (or continue training a trained or loaded model).
 
@@ -249,6 +250,12 @@ class Autoencoder:
         checkpoint_dir
             Save the model (as :meth:`save`) to this directory every time the validation loss
             improves. Resume with ``Autoencoder.load(checkpoint_dir, adata).fit(...)``.
+        precision
+            ``"32-true"`` trains in float32. ``"bf16-mixed"`` runs the matrix products in
+            bfloat16 while weights, likelihood and loss stay float32 (see
+            :func:`sclatent.nn.full_precision`). Meant for CPUs with AVX512-BF16 or AMX and for
+            GPUs with bfloat16 units; elsewhere bfloat16 is emulated. The held-out ELBO is that
+            of float32 training within seed noise (the scale benchmark page has the speed).
 
         Returns
         -------
@@ -268,6 +275,7 @@ class Autoencoder:
             batch_size=batch_size,
             early_stopping=early_stopping,
             validation_groups=validation_groups,
+            precision=precision,
         )
         check_kl_weight(kl_weight)
         if checkpoint_dir is not None and validation_fraction == 0:
@@ -321,6 +329,7 @@ class Autoencoder:
             progress_bar=progress_bar,
             callbacks=callbacks,
             max_time=max_time,
+            precision=precision,
             divergence_advice=", or try likelihood='nb'",
         )
         self.history = outcome.history
@@ -342,6 +351,7 @@ class Autoencoder:
             "weight_decay": float(weight_decay),
             "kl_warmup_epochs": int(kl_warmup_epochs),
             "kl_weight": float(kl_weight),
+            "precision": precision,
             "early_stopping": bool(early_stopping),
             "validation_fraction": float(validation_fraction),
             "batches": outcome.batches,

@@ -20,6 +20,8 @@ from scvi.distributions import ZeroInflatedNegativeBinomial as _ScviZINB
 from torch import nn
 from torch.distributions import Distribution, Normal
 
+from ..nn import full_precision
+
 _EPS = 1e-8
 
 
@@ -276,7 +278,7 @@ class _ScaledCounts(Likelihood):
         self.scale = nn.Linear(n_hidden, n_genes)
 
     def normalized_mean(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.scale(h), dim=-1)
+        return torch.softmax(full_precision(self.scale(h)), dim=-1)
 
 
 @register_likelihood("poisson")
@@ -309,11 +311,11 @@ class ZINBLikelihood(NBLikelihood):
 
     def dropout_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits of the zero-inflation (dropout) probability, cells × genes."""
-        return self.dropout(h)
+        return full_precision(self.dropout(h))
 
     def forward(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
         mu = library * self.normalized_mean(h)
-        return ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), self.dropout(h))
+        return ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), self.dropout_logits(h))
 
 
 @register_likelihood("gaussian")
@@ -328,7 +330,7 @@ class GaussianLikelihood(Likelihood):
         self.log_sd = nn.Parameter(torch.zeros(n_genes))
 
     def forward(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
-        return Normal(self.mean(h), torch.exp(self.log_sd).expand(h.shape[0], -1), validate_args=False)
+        return Normal(full_precision(self.mean(h)), torch.exp(self.log_sd).expand(h.shape[0], -1), validate_args=False)
 
     def normalized_mean(self, h: torch.Tensor) -> torch.Tensor:
-        return self.mean(h)
+        return full_precision(self.mean(h))

@@ -1,5 +1,5 @@
 """Neural-network building blocks."""
 
-from ._base import MLP, Encoder
+from ._base import MLP, Encoder, full_precision
 
-__all__ = ["MLP", "Encoder"]
+__all__ = ["MLP", "Encoder", "full_precision"]

@@ -26,6 +26,17 @@ def check_layers(*, dropout_rate: float, **sizes: int) -> None:
         raise ValueError(msg)
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` in float32 when mixed precision made it bfloat16 or float16, else unchanged.
+
+    With ``precision="bf16-mixed"`` autocast runs the matrix products in bfloat16. Apply this
+    to a layer's output wherever a distribution's parameters, a variance or a loss is built
+    from it (custom likelihoods too: ``full_precision(self.my_layer(h))``), so that those stay
+    in float32.
+    """
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 class MLP(nn.Module):
     """Fully connected layers that take the covariates as extra inputs to every layer.
 
@@ -162,4 +173,4 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, cov: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the latent mean and variance (cells × n_latent each)."""
         h = self.body(x, cov)
-        return self.mean(h), torch.exp(self.log_var(h)) + self.var_eps
+        return full_precision(self.mean(h)), torch.exp(full_precision(self.log_var(h))) + self.var_eps

@@ -91,6 +91,7 @@ def autoencode(
     callbacks: Sequence[Callback] = (),
     max_time: str | timedelta | None = None,
     checkpoint_dir: str | Path | None = None,
+    precision: str = "32-true",
     copy: bool = False,
     progress_bar: bool = True,
     return_model: bool = False,
@@ -201,6 +202,11 @@ def autoencode(
     checkpoint_dir
         Save the best model so far to this directory during training (see
         :meth:`sclatent.models.Autoencoder.fit`).
+    precision
+        ``"32-true"`` (float32) or ``"bf16-mixed"``: matrix products in bfloat16, with weights,
+        likelihood and loss in float32. Meant for CPUs with AVX512-BF16 or AMX (``lscpu`` lists
+        ``avx512_bf16`` or ``amx_bf16``; measured 1.2× faster per epoch on one) and GPUs with
+        bfloat16 units; elsewhere bfloat16 is emulated. Results differ slightly from float32's.
     copy
         Return a copy instead of writing to ``adata``.
     progress_bar
@@ -285,6 +291,7 @@ def autoencode(
         callbacks=callbacks,
         max_time=max_time,
         checkpoint_dir=checkpoint_dir,
+        precision=precision,
     )
     if denoise is None:
         denoise = adata.n_obs * adata.n_vars * 4 <= DENOISE_MAX_BYTES

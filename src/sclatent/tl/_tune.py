@@ -52,6 +52,7 @@ NOT_SEARCHABLE = frozenset(
         "devices",
         "strategy",
         "num_nodes",
+        "precision",
         "random_state",
         "key_added",
         "denoise",

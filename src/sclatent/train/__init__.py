@@ -2,6 +2,7 @@
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
 from ._data import (
+    PRECISIONS,
     BatchIndexSampler,
     CellData,
     DiskBatches,
@@ -14,6 +15,7 @@ from ._fit import FitOutcome, run_fit
 from ._plan import TrainingPlan
 
 __all__ = [
+    "PRECISIONS",
     "BatchIndexSampler",
     "BestWeights",
     "CellData",

@@ -507,6 +507,18 @@ def check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
     return labels
 
 
+#: Lightning's ``precision`` values that training accepts: float32, or matrix products in bfloat16
+#: (autocast) with float32 weights, likelihood and loss.
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def check_precision(precision: str) -> None:
+    """Raise unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        msg = f"precision must be one of {list(PRECISIONS)}, got {precision!r}; pass '32-true' (float32) or 'bf16-mixed' (bfloat16 matrix products)."
+        raise ValueError(msg)
+
+
 def check_fit_arguments(
     n: int,
     *,
@@ -515,8 +527,10 @@ def check_fit_arguments(
     batch_size: int,
     early_stopping: bool,
     validation_groups=None,
+    precision: str = "32-true",
 ) -> np.ndarray | None:
     """Raise on fit arguments that cannot work, before any training; return the checked ``validation_groups``."""
+    check_precision(precision)
     if not isinstance(max_epochs, int | np.integer) or max_epochs < 1:
         msg = f"max_epochs must be a positive integer, got {max_epochs!r}."
         raise ValueError(msg)
