@@ -1,6 +1,9 @@
-"""The data every benchmark starts from: raw counts of the most variable genes."""
+"""The data every benchmark starts from (raw counts of the most variable genes), and a quiet run."""
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import scanpy as sc
 
@@ -22,3 +25,11 @@ def load_pbmc() -> sc.AnnData:
     """PBMC 3k (bundled): the 2,638 annotated cells, raw counts of 2,000 highly variable genes."""
     adata = sl.datasets.pbmc3k()
     return hvg_counts(adata[adata.obs["cell_type"].notna()].copy())
+
+
+def quiet(*loggers: str) -> None:
+    """Silence warnings, scanpy, and the training and scoring libraries' loggers (plus ``loggers``) below WARNING."""
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "jax", "scib_metrics", *loggers):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    sc.settings.verbosity = 0

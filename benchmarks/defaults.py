@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 import sclatent as sl
+from benchmarks._data import quiet
 from benchmarks.quality import DATASETS, NAMES, load, sclatent
 
 #: The settings of sclatent 0.1 (its defaults before this study); every candidate changes some of them.
@@ -318,10 +316,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--datasets", nargs="+", default=[d.name for d in DATASETS])
     parser.add_argument("--report-only", action="store_true", help="write the page from the .csv, train nothing")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "jax", "scib_metrics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    sc.settings.verbosity = 0
+    quiet()
     out = args.output or Path("defaults.md")
     csv = out.with_suffix(".csv")
     start = time.perf_counter()

@@ -22,8 +22,6 @@ Run:  python -m benchmarks.labels --output docs/benchmarks/labels.md (or all ben
 from __future__ import annotations
 
 import argparse
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import pandas as pd
 import scanpy as sc
 
 import sclatent as sl
+from benchmarks._data import quiet
 from benchmarks.quality import DATASETS, load, pca, sclatent
 
 SEEDS = [0, 1, 2]
@@ -161,10 +160,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=None, help="markdown file; the raw scores go next to it (.csv)")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "jax", "scib_metrics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    sc.settings.verbosity = 0
+    quiet()
     out = args.output or Path("labels.md")
     results, groups = run()
     results.to_csv(out.with_suffix(".csv"), index=False)

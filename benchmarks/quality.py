@@ -11,19 +11,16 @@ Run:  python -m benchmarks.quality --output docs/benchmarks/quality.md (or all b
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 
 import sclatent as sl
-from benchmarks._data import hvg_counts
+from benchmarks._data import hvg_counts, quiet
 from sclatent.tl._compare import _pca_baseline
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -250,10 +247,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         help="methods to run; with --output, the other methods' rows are kept from its .csv",
     )
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    for name in ("scvi", "lightning.pytorch", "harmonypy", "jax", "scib_metrics"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    sc.settings.verbosity = 0
+    quiet("scvi", "harmonypy")
     parts, shapes = [], {}
     for ds in DATASETS:
         if ds.name in args.datasets:

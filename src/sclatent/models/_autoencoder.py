@@ -275,7 +275,6 @@ class Autoencoder:
             batch_size=batch_size,
             early_stopping=early_stopping,
             validation_groups=validation_groups,
-            precision=precision,
         )
         check_kl_weight(kl_weight)
         if checkpoint_dir is not None and validation_fraction == 0:

@@ -2,7 +2,6 @@
 
 from ._callbacks import BestWeights, EpochProgressBar, WarmEarlyStopping
 from ._data import (
-    PRECISIONS,
     BatchIndexSampler,
     CellData,
     DiskBatches,
@@ -15,7 +14,6 @@ from ._fit import FitOutcome, run_fit
 from ._plan import TrainingPlan
 
 __all__ = [
-    "PRECISIONS",
     "BatchIndexSampler",
     "BestWeights",
     "CellData",

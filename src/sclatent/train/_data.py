@@ -527,10 +527,8 @@ def check_fit_arguments(
     batch_size: int,
     early_stopping: bool,
     validation_groups=None,
-    precision: str = "32-true",
 ) -> np.ndarray | None:
     """Raise on fit arguments that cannot work, before any training; return the checked ``validation_groups``."""
-    check_precision(precision)
     if not isinstance(max_epochs, int | np.integer) or max_epochs < 1:
         msg = f"max_epochs must be a positive integer, got {max_epochs!r}."
         raise ValueError(msg)
