@@ -43,6 +43,36 @@ def test_divergence_stops_at_once_with_advice(small):
     assert_unchanged(small, before)  # nothing written: never a NaN latent
 
 
+class PoisonAtBatch(Callback):
+    """Sets a decoder weight to NaN before one training step, mid-epoch."""
+
+    def __init__(self, epoch: int, batch: int = 1) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            with torch.no_grad():
+                pl_module.module.likelihood.scale.weight[0, 0] = float("nan")
+
+
+def test_divergence_checked_once_per_epoch_puts_back_the_epochs_first_weights(small, monkeypatch):
+    # a GPU or several processes check the loss once per epoch, after the diverged steps were taken;
+    # with no best epoch to fall back on, the model must not keep NaN weights
+    monkeypatch.setattr(sl.train.TrainingPlan, "_checks_each_step", lambda self: False)
+    model = sl.models.Autoencoder(small)
+    with pytest.raises(FloatingPointError, match=r"diverged.*last finite weights"):
+        model.fit(
+            max_epochs=10,
+            early_stopping=False,
+            validation_fraction=0,
+            batch_size=64,
+            callbacks=[PoisonAtBatch(2)],
+            progress_bar=False,
+        )
+    assert all(torch.isfinite(p).all() for p in model.module.parameters())
+    assert np.isfinite(model.get_latent()).all()
+
+
 def test_divergence_keeps_best_weights_in_the_model(small):
     model = sl.models.Autoencoder(small)
     with pytest.raises(FloatingPointError):
@@ -87,6 +117,26 @@ def test_time_limit_marks_incomplete(small):
     assert 1 <= info["n_epochs"] < 10_000
 
 
+class StopAt(Callback):
+    """Stops training at the end of an epoch, as a user's own stopping rule would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def test_a_callback_that_stops_training_is_named_as_the_reason(small):
+    with pytest.warns(UserWarning, match=r"stopped early \(callback\) after 2 epochs"):
+        sl.tl.autoencode(small, max_epochs=10, callbacks=[StopAt(1)], progress_bar=False, denoise=False)
+    info = small.uns["sclatent"]["training"]
+    assert info["stop_reason"] == "callback"
+    assert not info["complete"]
+    assert info["n_epochs"] == 2
+
+
 def test_complete_run_is_marked_complete(small):
     sl.tl.autoencode(small, max_epochs=3, progress_bar=False, denoise=False)
     assert small.uns["sclatent"]["training"]["complete"]
@@ -101,6 +151,16 @@ def test_checkpoint_saves_best_and_training_resumes(small, tmp_path):
     resumed = sl.models.Autoencoder.load(tmp_path / "ckpt", small)
     # the checkpoint holds the best weights, which fit restored at the end
     np.testing.assert_array_equal(resumed.get_latent(), model.get_latent())
+    # and is a trained model of its own (map_query and denoise accept it): split, history so far, settings
+    assert resumed.is_trained
+    assert resumed.training_info["stop_reason"] == "checkpoint"
+    assert not resumed.training_info["complete"]
+    assert resumed.training_info["kl_weight"] == model.training_info["kl_weight"]
+    np.testing.assert_array_equal(resumed.validation_indices, model.validation_indices)
+    n_saved = saved["trained_epochs"]
+    assert len(resumed.history) == n_saved
+    np.testing.assert_allclose(resumed.history["validation_loss"], model.history["validation_loss"][:n_saved])
+    np.testing.assert_allclose(resumed.history["train_loss"][:-1], model.history["train_loss"][: n_saved - 1])
     first = resumed.elbo(indices=model.validation_indices).mean()
     resumed.fit(max_epochs=5, early_stopping=False, progress_bar=False)
     assert resumed.training_info["kl_warmup_epochs"] == 0  # no warm-up again when resuming
@@ -118,6 +178,23 @@ def test_checkpoint_without_early_stopping_keeps_final_weights(small, tmp_path):
     assert best_score >= final_score - 1e-3  # the checkpoint is the best epoch
     if model.history["validation_loss"].idxmin() != len(model.history) - 1:
         assert not np.array_equal(best.get_latent(), model.get_latent())  # the model kept its last weights
+
+
+def test_checkpoint_dir_that_cannot_be_written_fails_before_training(small, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    model = sl.models.Autoencoder(small)
+    with pytest.raises(ValueError, match=r"checkpoint_dir .*a_file.* is a file.*pass a directory"):
+        model.fit(max_epochs=2, checkpoint_dir=tmp_path / "a_file", progress_bar=False)
+    assert not model.is_trained
+    assert (tmp_path / "a_file").read_text() == "not a directory"
+
+
+def test_elbo_of_no_cells_is_empty(small):
+    model = sl.models.Autoencoder(small).fit(
+        max_epochs=1, validation_fraction=0, early_stopping=False, progress_bar=False
+    )
+    assert len(model.validation_indices) == 0
+    assert model.elbo(indices=model.validation_indices).shape == (0,)
 
 
 def test_loaded_model_without_data_cannot_train(small, tmp_path):
@@ -171,3 +248,16 @@ def test_same_seed_same_latent_across_processes():
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], here)
     assert np.abs(_latent_in_process(8) - here).max() > 0.05  # and the seed matters
+
+
+def test_counts_changed_in_place_after_the_model_read_them_are_refused(small):
+    import scanpy as sc
+
+    model = sl.models.Autoencoder(small)  # the model uses small.X without copying it
+    sc.pp.normalize_total(small)
+    sc.pp.log1p(small)
+    with pytest.raises(ValueError, match=r"has changed since, in place.*layer='counts'"):
+        model.fit(max_epochs=1, progress_bar=False)
+    with pytest.raises(ValueError, match="has changed since, in place"):
+        model.get_latent()
+    assert not model.is_trained

@@ -215,6 +215,19 @@ def test_validation_holds_out_whole_donors():
     assert elbo[model.validation_indices].mean() < elbo[model.train_indices].mean()
 
 
+def test_holding_out_a_whole_batch_warns_that_it_is_not_corrected(pbmc_small):
+    with pytest.warns(UserWarning, match=r"'donor_batch'.* categories \['(a|b)'\] have no training cells"):
+        model = sl.tl.autoencode(
+            pbmc_small,
+            batch_key="donor_batch",
+            validation_groups_key="donor_batch",
+            max_epochs=1,
+            progress_bar=False,
+            return_model=True,
+        )
+    assert len(set(pbmc_small.obs["donor_batch"].iloc[model.train_indices])) == 1
+
+
 def test_validation_groups_bad_input_fails_before_training(pbmc_small):
     from sclatent_test_helpers import assert_names_fix
 

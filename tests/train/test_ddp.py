@@ -89,8 +89,9 @@ def test_two_processes_agree_and_match_one_process_step(tmp_path):
     assert g0.keys() == g1.keys() == expected.keys()
     for k, g in expected.items():
         assert torch.equal(g0[k], g1[k]), k
-        # measured: at most 5.7e-6 apart, for gradients up to 32
-        assert (g0[k] - g).abs().max().item() < 1e-5, k
+        # float32 rounding of sums in another order: measured at most 5.7e-6 apart on an AMD EPYC and 1.14e-5 on
+        # an Intel Xeon, for gradients up to 32 (3.6e-7 of the gradient); a wrong average would be off by O(|g|)
+        torch.testing.assert_close(g0[k], g, rtol=1e-6, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_two_processes_from_disk_with_the_default_model(tmp_path):

@@ -15,9 +15,9 @@ from scanpy import logging as logg
 
 from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_layers, check_norm
-from ..train import CellData, TrainingPlan, check_fit_arguments, holdout_split, run_fit
-from ._persist import history_from_json, history_to_json, read_model, write_model
-from ._setup import MIN_GENE_OVERLAP, DataSetup
+from ..train import CellData, TrainingPlan, check_fit_arguments, history_frame, holdout_split, run_fit
+from ._persist import check_checkpoint_dir, history_from_json, history_to_json, read_model, write_model
+from ._setup import MIN_GENE_OVERLAP, DataSetup, _where, matrix_fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -264,7 +264,7 @@ class Autoencoder:
         if self._data is None:
             msg = "this model holds no data to train on; load it with data: `Autoencoder.load(path, adata)`."
             raise ValueError(msg)
-        X, library, cat, cont = self._data
+        X, library, cat, cont = self._own_data()
         n = X.shape[0]
         if max_epochs is None:
             max_epochs = default_max_epochs(n)
@@ -277,9 +277,8 @@ class Autoencoder:
             validation_groups=validation_groups,
         )
         check_kl_weight(kl_weight)
-        if checkpoint_dir is not None and validation_fraction == 0:
-            msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
-            raise ValueError(msg)
+        if checkpoint_dir is not None:
+            check_checkpoint_dir(checkpoint_dir, validation_fraction)
         if kl_warmup_epochs is None:
             kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
         if not self.config.variational:
@@ -291,6 +290,7 @@ class Autoencoder:
         if len(train_idx) < 2:
             msg = f"only {len(train_idx)} cells are left for training; lower validation_fraction or add cells."
             raise ValueError(msg)
+        self._warn_untrained_categories(cat, train_idx)
 
         data = CellData(X, library, cat, cont)
         plan = TrainingPlan(
@@ -301,13 +301,35 @@ class Autoencoder:
             kl_weight=float(kl_weight),
         )
         previous_epochs = self.trained_epochs
+        settings = {
+            "max_epochs": int(max_epochs),
+            "n_train_cells": len(train_idx),
+            "n_validation_cells": int(n_val),
+            "batch_size": int(batch_size),
+            "learning_rate": float(learning_rate),
+            "weight_decay": float(weight_decay),
+            "kl_warmup_epochs": int(kl_warmup_epochs),
+            "kl_weight": float(kl_weight),
+            "precision": precision,
+            "early_stopping": bool(early_stopping),
+            "validation_fraction": float(validation_fraction),
+        }
         on_improve = None
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
 
             def on_improve(epoch: int) -> None:
-                self.trained_epochs = previous_epochs + epoch + 1
-                self.save(checkpoint_dir, overwrite=True)
+                # the checkpoint is a trained model of its own: its epoch's weights, split, history so far and settings
+                info = {"n_epochs": epoch + 1, "best_epoch": epoch, "stop_reason": "checkpoint", "complete": False}
+                meta = self._meta() | {
+                    "is_trained": True,
+                    "trained_epochs": previous_epochs + epoch + 1,
+                    "training_info": info | {"trained_epochs_total": previous_epochs + epoch + 1} | settings,
+                    "train_indices": train_idx.tolist(),
+                    "validation_indices": val_idx.tolist(),
+                    "history": history_to_json(history_frame(plan.history, epoch + 1)),
+                }
+                write_model(checkpoint_dir, meta, self.module, kind="Autoencoder", overwrite=True)
 
         outcome = run_fit(
             plan,
@@ -336,23 +358,13 @@ class Autoencoder:
         self.trained_epochs = previous_epochs + n_epochs
         self.training_info = {
             "n_epochs": n_epochs,
-            "max_epochs": int(max_epochs),
             "best_epoch": outcome.best_epoch,
             "stopped_early": bool(n_epochs < max_epochs),
             "stop_reason": stop_reason,
             "complete": stop_reason in ("early_stopping", "max_epochs"),
             "trained_epochs_total": int(self.trained_epochs),
             "train_time_s": float(elapsed),
-            "n_train_cells": len(train_idx),
-            "n_validation_cells": int(n_val),
-            "batch_size": int(batch_size),
-            "learning_rate": float(learning_rate),
-            "weight_decay": float(weight_decay),
-            "kl_warmup_epochs": int(kl_warmup_epochs),
-            "kl_weight": float(kl_weight),
-            "precision": precision,
-            "early_stopping": bool(early_stopping),
-            "validation_fraction": float(validation_fraction),
+            **settings,
             "batches": outcome.batches,
             "world_size": outcome.world_size,
             "global_rank": outcome.global_rank,
@@ -362,6 +374,23 @@ class Autoencoder:
         self.train_indices, self.validation_indices = train_idx, val_idx
         self.is_trained = True
         return self
+
+    def _warn_untrained_categories(self, cat, train_idx: np.ndarray) -> None:
+        """Warn when a covariate's category has no training cell: its weights keep their initial values."""
+        codes = np.asarray(cat)
+        for j, key in enumerate(self.setup.categorical_keys):
+            n = len(self.setup.categories[key])
+            present = np.bincount(codes[:, j], minlength=n) > 0  # a reference's categories are absent from a query
+            trained = np.bincount(codes[train_idx, j], minlength=n) > 0
+            missing = [c for c, p, t in zip(self.setup.categories[key], present, trained, strict=True) if p and not t]
+            if missing:
+                warnings.warn(
+                    f"adata.obs[{key!r}] categories {missing[:10]} have no training cells (all held out for "
+                    "validation): their weights are not trained, so their cells are not corrected for "
+                    f"{key!r}. Hold out validation_groups that cut across {key!r}, or lower validation_fraction.",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     # ---------------------------------------------------------------- mapping new data
     def map_query(
@@ -479,7 +508,8 @@ class Autoencoder:
             logg.info(
                 "every category of the query is known to the model; nothing to train, the query is encoded as it is"
             )
-            mapped.training_info = {"map_query": info}
+            # the reference's KL weight stays known, for mapping a next query from this model
+            mapped.training_info = {"kl_weight": self.training_info.get("kl_weight", 1.0), "map_query": info}
             return mapped
         with mapped.module.training_only_columns(new_columns):
             mapped.fit(
@@ -507,8 +537,31 @@ class Autoencoder:
             if self._data is None:
                 msg = "this model holds no data (it was loaded without any); pass `adata`."
                 raise ValueError(msg)
-            return CellData(*self._data)
+            return CellData(*self._own_data())
         return CellData(*self.setup.read(adata))
+
+    @property
+    def _data(self) -> tuple | None:
+        """The data the model was given (matrix, library sizes, covariates), checked when it was read."""
+        return self._held
+
+    @_data.setter
+    def _data(self, data: tuple | None) -> None:
+        self._held = data
+        # an in-memory matrix is the user's own (no copy is made): notice if it is changed in place later
+        self._fingerprint = None if data is None else matrix_fingerprint(data[0])
+
+    def _own_data(self) -> tuple:
+        """Return :attr:`_data`, unless its matrix was changed in place since it was read."""
+        if self._fingerprint is not None and matrix_fingerprint(self._data[0]) != self._fingerprint:
+            msg = (
+                f"the matrix this model read ({_where(self.setup.layer)}) has changed since, in place (e.g. by "
+                "sc.pp.normalize_total or sc.pp.log1p: the model uses the matrix without copying it), so it no longer "
+                "holds the values the model checked. Keep the raw counts in a layer before normalising and train a "
+                "new model on them: `Autoencoder(adata, layer='counts')`."
+            )
+            raise ValueError(msg)
+        return self._data
 
     @torch.inference_mode()
     def _map(self, data: CellData, fn, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -563,7 +616,9 @@ class Autoencoder:
         """
         data = self._inputs(adata)
         if indices is not None:
-            idx = np.asarray(indices)
+            idx = np.asarray(indices, dtype=int)
+            if idx.size == 0:  # e.g. the validation cells of a fit without validation
+                return np.empty(0, dtype=np.float32)
             data = CellData(
                 data.X[idx], data.library[idx].numpy().ravel(), data.cat[idx].numpy(), data.cont[idx].numpy()
             )
@@ -715,7 +770,11 @@ class Autoencoder:
 
         ``model.pt`` holds only tensors and plain containers, so it loads with ``torch.load(..., weights_only=True)``.
         """
-        meta = {
+        write_model(path, self._meta(), self.module, kind="Autoencoder", overwrite=overwrite)
+
+    def _meta(self) -> dict:
+        """Return what :meth:`save` writes to ``config.json``."""
+        return {
             "config": self.config.to_dict(),
             "setup": self.setup.to_dict(),
             "random_state": self.random_state,
@@ -726,7 +785,6 @@ class Autoencoder:
             "validation_indices": self.validation_indices.tolist(),
             "history": history_to_json(self.history),
         }
-        write_model(path, meta, self.module, kind="Autoencoder", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> Autoencoder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,25 @@ def history_from_json(hist: dict[str, list]) -> pd.DataFrame:
         {k: np.array([np.nan if v is None else v for v in hist[k]], dtype=float) for k in hist},
         index=pd.RangeIndex(len(hist.get("train_loss", [])), name="epoch"),
     )
+
+
+def check_checkpoint_dir(path: str | Path, validation_fraction: float) -> None:
+    """Raise before training unless checkpoints can be written to directory ``path``: a best epoch, and a writable directory."""
+    if validation_fraction == 0:
+        msg = "checkpoint_dir saves the best model by validation loss; set validation_fraction > 0."
+        raise ValueError(msg)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        msg = f"checkpoint_dir {str(path)!r} is a file, not a directory; pass a directory path (it is created if missing)."
+        raise ValueError(msg)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        msg = f"checkpoint_dir {str(path)!r} cannot be created ({e.strerror}); pass a directory you can write to."
+        raise ValueError(msg) from None
+    if not os.access(path, os.W_OK):
+        msg = f"checkpoint_dir {str(path)!r} is not writable; pass a directory you can write to."
+        raise ValueError(msg)
 
 
 def write_model(path: str | Path, meta: dict, module: torch.nn.Module, *, kind: str, overwrite: bool) -> None:

@@ -38,6 +38,15 @@ def _matrix(adata: AnnData, layer: str | None):
     return adata.layers[layer]
 
 
+def matrix_fingerprint(X) -> tuple[int, float] | None:
+    """Return the number of stored entries of an in-memory matrix and their sum (to notice an in-place change); ``None`` on disk."""
+    if sp.issparse(X):
+        return X.nnz, float(np.sum(X.data, dtype=np.float64))
+    if isinstance(X, np.ndarray):
+        return X.size, float(np.sum(X, dtype=np.float64))
+    return None
+
+
 def _as_rows(X):
     """Return a matrix that can be sliced by rows, a batch at a time, without densifying it all.
 
@@ -288,7 +297,7 @@ class DataSetup:
         library = _row_sums(X)
         if self.counts and (library == 0).any():
             n = int((library == 0).sum())
-            msg = f"{n} cells have no counts in {_where(self.layer)} over the model's genes; remove them first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+            msg = f"{n} cells have no counts in {_where(self.layer)} over the model's genes; remove them first: `sc.pp.filter_cells(adata, min_counts=1)` when adata has only those genes, else keep the cells with counts in them (`adata[:, model.setup.var_names]`)."
             raise ValueError(msg)
         cat = np.zeros((adata.n_obs, len(self.categorical_keys)), dtype=np.int64)
         for j, key in enumerate(self.categorical_keys):

@@ -10,7 +10,7 @@ from ._data import (
     holdout_split,
     make_loader,
 )
-from ._fit import FitOutcome, run_fit
+from ._fit import FitOutcome, history_frame, run_fit
 from ._plan import TrainingPlan
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "WarmEarlyStopping",
     "check_fit_arguments",
     "check_groups",
+    "history_frame",
     "holdout_split",
     "make_loader",
     "run_fit",

@@ -56,6 +56,8 @@ def _quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
             # under distributed training the plan logs losses already summed over every process
             warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
+            # validation_fraction=0 trains without validation by choice
+            warnings.filterwarnings("ignore", message=r".*validation_step. but have no .val_dataloader.*")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -170,7 +172,8 @@ class FitOutcome:
     n_epochs: int
     #: The epoch whose weights the module holds at the end.
     best_epoch: int
-    #: ``"early_stopping"``, ``"max_epochs"``, ``"max_time"`` or ``"interrupted"``.
+    #: ``"early_stopping"``, ``"max_epochs"``, ``"max_time"``, ``"interrupted"`` or ``"callback"`` (a user's
+    #: callback stopped it).
     stop_reason: str
     #: Seconds spent in the trainer.
     seconds: float
@@ -357,21 +360,19 @@ def run_fit(
     seconds = time.perf_counter() - start
     module.to("cpu").eval()
 
-    hist = plan.history
-    n_epochs = len(hist["train_loss"])
-    val = hist["validation_loss"][:n_epochs] + [np.nan] * (n_epochs - len(hist["validation_loss"]))
-    history = pd.DataFrame(
-        {"train_loss": hist["train_loss"], "validation_loss": val}, index=pd.RangeIndex(n_epochs, name="epoch")
-    )
+    n_epochs = len(plan.history["train_loss"])
+    history = history_frame(plan.history, n_epochs)
     if interrupt["interrupted"]:
         stop_reason = "interrupted"
     elif early_stopping and stopper.stopped_epoch > 0:
         stop_reason = "early_stopping"
-    elif n_epochs < max_epochs:
+    elif _time_is_up(trainer):  # also when it ran out in the last epoch, which then ended early
         stop_reason = "max_time"
+    elif n_epochs < max_epochs:
+        stop_reason = "callback"  # a user's callback set trainer.should_stop
     else:
         stop_reason = "max_epochs"
-    if stop_reason in ("interrupted", "max_time"):
+    if stop_reason in ("interrupted", "max_time", "callback"):
         warnings.warn(
             f"training stopped early ({stop_reason}) after {n_epochs} epochs; the results are from the best "
             "weights so far and are marked incomplete.",
@@ -384,6 +385,29 @@ def run_fit(
         batches += f"; each of {trainer.world_size} processes takes a disjoint share of the cells"
     return FitOutcome(
         history, n_epochs, best_epoch, stop_reason, seconds, batches, trainer.world_size, trainer.global_rank
+    )
+
+
+def _time_is_up(trainer: L.Trainer) -> bool:
+    """Whether the trainer's ``max_time`` ran out."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    return remaining is not None and remaining <= 0
+
+
+def history_frame(hist: dict[str, list[float]], n_epochs: int) -> pd.DataFrame:
+    """Return the first ``n_epochs`` epochs of a plan's ``history`` as a frame; a loss not (yet) computed is NaN.
+
+    The validation loss of an epoch is known before its training loss (Lightning validates before
+    the training epoch ends), and is missing without validation.
+    """
+
+    def column(values: list[float]) -> list[float]:
+        return list(values[:n_epochs]) + [np.nan] * (n_epochs - len(values))
+
+    return pd.DataFrame(
+        {"train_loss": column(hist["train_loss"]), "validation_loss": column(hist["validation_loss"])},
+        index=pd.RangeIndex(n_epochs, name="epoch"),
     )
 
 

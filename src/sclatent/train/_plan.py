@@ -22,8 +22,9 @@ class TrainingPlan(L.LightningModule):
 
     A loss that is not finite raises :class:`FloatingPointError`: on the CPU at once, before the
     optimiser step; on a GPU at the end of the epoch, so that no step waits for the device, and
-    under distributed training at the end of the epoch on every rank together (the best weights
-    so far are restored by :class:`~sclatent.train.BestWeights`).
+    under distributed training at the end of the epoch on every rank together. In those two cases
+    the weights from the start of the diverging epoch are put back before the error; the best
+    weights so far, where there are any, are then restored by :class:`~sclatent.train.BestWeights`.
 
     Parameters
     ----------
@@ -58,6 +59,7 @@ class TrainingPlan(L.LightningModule):
         self.history: dict[str, list[float]] = {"train_loss": [], "validation_loss": []}
         self._sums = {"train": [0.0, 0], "validation": [0.0, 0]}
         self._nonfinite = torch.zeros((), dtype=torch.int32)
+        self._epoch_start: dict[str, torch.Tensor] | None = None
 
     @property
     def kl_weight(self) -> float:
@@ -82,7 +84,7 @@ class TrainingPlan(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.module(batch, kl_weight=self.kl_weight)
-        if out.loss.device.type == "cpu" and self.trainer.world_size == 1:
+        if self._checks_each_step():
             if not torch.isfinite(out.loss):
                 # stop before the optimiser step, so the weights stay finite
                 msg = (
@@ -109,13 +111,23 @@ class TrainingPlan(L.LightningModule):
         self.history["validation_loss"].append(value)
         self.log("validation_loss", value, prog_bar=True)
 
+    def _checks_each_step(self) -> bool:
+        """Whether each step's loss is checked at once (one CPU process) rather than once per epoch."""
+        return self.device.type == "cpu" and self.trainer.world_size == 1
+
     def on_train_epoch_start(self) -> None:
         self._nonfinite = torch.zeros((), dtype=torch.int32, device=self.device)
+        # checked once per epoch, a diverged epoch has already stepped: keep a copy to return to (on the device, no sync)
+        self._epoch_start = (
+            None if self._checks_each_step() else {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        )
 
     def on_train_epoch_end(self) -> None:
         if self.trainer.world_size > 1:  # every rank learns of every rank's count, so all of them raise together
             self._nonfinite = self.trainer.strategy.reduce(self._nonfinite, reduce_op="sum")
         if int(self._nonfinite):
+            if self._epoch_start is not None:  # the weights before the diverging epoch, which were finite
+                self.module.load_state_dict(self._epoch_start)
             msg = (
                 f"the training loss became NaN or infinite in {int(self._nonfinite)} steps of epoch {self.current_epoch}; "
                 f"lower the learning_rate (e.g. {self.learning_rate / 10:g}) or check the data for extreme values"
