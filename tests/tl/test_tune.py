@@ -166,6 +166,7 @@ def test_bad_input_fails_before_any_trial(pbmc, monkeypatch):
         ({"n_epochs": 10}, TypeError, "unexpected keyword argument 'n_epochs'"),
         ({"copy": True}, ValueError, r"adata.copy\(\)"),
         ({"validation_fraction": 0}, ValueError, "validation_fraction > 0"),
+        ({"transform_batch": "10x"}, ValueError, "needs batch_key"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
@@ -242,6 +243,30 @@ def test_callable_metric_and_interrupt_keeps_finished_trials(pbmc_small):
     # the refit trained the best finished trial's model, in full
     assert adata.obsm["X_sclatent"].shape[1] == record["best_params"]["n_latent"]
     assert adata.uns["sclatent"]["training"]["complete"]
+
+
+class _FailFit(Callback):
+    """Raise during the given fit (1 = the first), as a failing refit would."""
+
+    def __init__(self, fit: int) -> None:
+        self.fit, self.fits = fit, 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.fits += 1
+        if self.fits == self.fit:
+            raise RuntimeError("the refit failed")
+
+
+def test_failed_refit_keeps_the_trials(pbmc_small):
+    adata = pbmc_small
+    with pytest.raises(RuntimeError, match="the refit failed") as raised:
+        sl.tl.tune(adata, search_space={"n_latent": (4, 16)}, n_trials=2, max_epochs=2, callbacks=[_FailFit(fit=3)])
+    assert "trials are kept" in "".join(raised.value.__notes__)
+    record = adata.uns["sclatent"]["tune"]
+    assert record["trials"]["state"].tolist() == ["complete", "complete"]
+    assert not record["params"]["refit"]
+    assert "the refit failed" in record["params"]["refit_error"]
+    assert "X_sclatent" not in adata.obsm
 
 
 def test_interrupt_before_any_finished_trial_leaves_adata_unchanged(pbmc_small):

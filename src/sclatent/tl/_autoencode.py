@@ -34,15 +34,21 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _warn_overwrite(adata: AnnData, key_added: str) -> None:
-    clashes = [
-        f"{slot}[{key!r}]"
-        for slot, key in (("obsm", f"X_{key_added}"), ("layers", f"{key_added}_denoised"), ("uns", key_added))
-        if key in getattr(adata, slot)
-    ]
+def _warn_overwrite(adata: AnnData, key_added: str, *, denoised: bool) -> None:
+    """Warn about an earlier run's results under ``key_added``: those this run replaces, and a denoised layer it does not."""
+    layer = f"{key_added}_denoised"
+    slots = [("obsm", f"X_{key_added}"), ("uns", key_added)] + ([("layers", layer)] if denoised else [])
+    clashes = [f"{slot}[{key!r}]" for slot, key in slots if key in getattr(adata, slot)]
     if clashes:
         warnings.warn(
             f"overwriting {', '.join(clashes)} from an earlier run; pass another `key_added` to keep both.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if not denoised and layer in adata.layers:
+        warnings.warn(
+            f"layers[{layer!r}] is from an earlier run and no longer matches obsm['X_{key_added}']; this run does "
+            f"not write it. Delete it (`del adata.layers[{layer!r}]`) or pass another `key_added`.",
             UserWarning,
             stacklevel=3,
         )
@@ -231,8 +237,8 @@ def autoencode(
         ``train_loss`` and ``validation_loss`` per epoch (negative ELBO per cell).
     ``adata.uns['{key_added}']['training']`` : :class:`dict`
         Epochs run, best epoch, why it stopped (``stop_reason``: ``"early_stopping"``,
-        ``"max_epochs"``, ``"interrupted"`` or ``"max_time"``), whether training was
-        ``complete``, time, cells used.
+        ``"max_epochs"``, ``"interrupted"``, ``"max_time"`` or ``"callback"``, when one of
+        ``callbacks`` stopped it), whether training was ``complete``, time, cells used.
     ``adata.uns['{key_added}']['versions']`` : :class:`dict`
         Versions of sclatent, torch, scanpy, anndata, scvi-tools and lightning.
 
@@ -307,7 +313,7 @@ def autoencode(
         latent, denoised = model.get_latent(), None
 
     adata = adata.copy() if copy else adata
-    _warn_overwrite(adata, key_added)
+    _warn_overwrite(adata, key_added, denoised=denoised is not None)
     adata.obsm[f"X_{key_added}"] = latent
     if denoised is not None:
         adata.layers[f"{key_added}_denoised"] = denoised

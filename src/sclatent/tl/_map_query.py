@@ -106,7 +106,7 @@ def map_query(
     )
     latent = mapped.get_latent()
     query = query.copy() if copy else query
-    _warn_overwrite(query, key_added)
+    _warn_overwrite(query, key_added, denoised=False)
     query.obsm[f"X_{key_added}"] = latent
     setup = mapped.setup
     params = {

@@ -240,6 +240,9 @@ def transfer_labels(
         msg = f"novelty_quantile must be in (0, 1) or None, got {novelty_quantile!r}; pass e.g. 0.05, or None to turn the expression match off."
         raise ValueError(msg)
     if novelty_quantile is not None:
+        if len(reference.var_names.intersection(query.var_names)) < 2:
+            msg = "the query and the reference share fewer than 2 genes, so their expression cannot be compared; pass AnnData with the same gene names, or novelty_quantile=None."
+            raise ValueError(msg)
         for adata, which in ((reference, "reference"), (query, "query")):
             if layer is not None and layer not in adata.layers:
                 msg = f"layer {layer!r} is not in {which}.layers (it has {list(adata.layers)}); pass the layer with the counts, or novelty_quantile=None."

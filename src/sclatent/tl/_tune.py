@@ -149,6 +149,18 @@ def _check_autoencode_kwargs(kwargs: Mapping) -> None:
         raise ValueError(msg)
 
 
+def _check_transform_batch(adata: AnnData, transform_batch, batch_key: str | None) -> None:
+    """Raise before any trial unless ``transform_batch`` (used by the refit only) is a category of ``batch_key``."""
+    if transform_batch is None:
+        return
+    if batch_key is None:
+        msg = f"transform_batch={transform_batch!r} needs batch_key; pass batch_key, or no transform_batch."
+        raise ValueError(msg)
+    if batch_key in adata.obs and str(transform_batch) not in set(adata.obs[batch_key].astype(str)):
+        msg = f"transform_batch={transform_batch!r} must be a category of batch_key={batch_key!r}; pass one of its categories."
+        raise ValueError(msg)
+
+
 def _check_metric(adata: AnnData, metric, label_key: str | None, batch_key: str | None) -> None:
     if callable(metric):
         if label_key is not None:
@@ -430,6 +442,7 @@ def tune(
         msg = f"timeout must be a positive number of seconds, got {timeout!r}."
         raise ValueError(msg)
     _check_autoencode_kwargs(autoencode_kwargs)
+    _check_transform_batch(adata, autoencode_kwargs.get("transform_batch"), batch_key)
     space = _search_space(optuna, search_space, autoencode_kwargs)
     _check_metric(adata, metric, label_key, batch_key)
     pruner = _pruner(optuna, pruner)
@@ -493,7 +506,9 @@ def tune(
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         state = _state(optuna, trial, interrupted)
-        value = f" {metric_name}={sign * trial.value:.5g}," if trial.value is not None else ""
+        # optuna gives a pruned trial its last reported value, a validation loss whatever the metric: not shown
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        value = f" {metric_name}={sign * trial.value:.5g}," if complete and trial.value is not None else ""
         logg.info(f"    trial {trial.number} {state}:{value} {trial.params}")
 
     start = logg.info(
@@ -565,15 +580,24 @@ def tune(
         f"{sign * best.value:.5g}, {best_params}"
     )
     if refit:
-        autoencode(
-            adata,
-            **autoencode_kwargs,
-            **best.params,
-            batch_key=batch_key,
-            random_state=random_state,
-            key_added=key_added,
-            progress_bar=progress_bar,
-        )
+        try:
+            autoencode(
+                adata,
+                **autoencode_kwargs,
+                **best.params,
+                batch_key=batch_key,
+                random_state=random_state,
+                key_added=key_added,
+                progress_bar=progress_bar,
+            )
+        except BaseException as e:  # the search is not lost with the refit (an error, Ctrl+C while writing)
+            record["params"] |= {"refit": False, "refit_error": f"{type(e).__name__}: {e}"}
+            adata.uns.setdefault(key_added, {})["tune"] = record
+            e.add_note(
+                f"The trials are kept in adata.uns[{key_added!r}]['tune']; train the best model with "
+                f"sl.tl.autoencode(adata, **adata.uns[{key_added!r}]['tune']['best_params'], ...)."
+            )
+            raise
     adata.uns.setdefault(key_added, {})["tune"] = record
     logg.info(
         "    finished tuning",
