@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -117,6 +118,27 @@ def test_time_limit_marks_incomplete(small):
     assert 1 <= info["n_epochs"] < 10_000
 
 
+class SlowLastValidation(Callback):
+    """Sleeps at the end of the last epoch's validation, so that only it passes a time limit."""
+
+    def __init__(self, epoch: int, seconds: float) -> None:
+        self.epoch, self.seconds = epoch, seconds
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            time.sleep(self.seconds)
+
+
+def test_time_limit_passed_only_by_the_last_validation_is_a_complete_run(small):
+    model = sl.models.Autoencoder(small).fit(
+        max_epochs=2, max_time="00:00:00:03", early_stopping=False, callbacks=[SlowLastValidation(1, 3.5)],
+        progress_bar=False,
+    )  # fmt: skip
+    assert model.training_info["n_epochs"] == 2
+    assert model.training_info["stop_reason"] == "max_epochs"
+    assert model.training_info["complete"]
+
+
 class StopAt(Callback):
     """Stops training at the end of an epoch, as a user's own stopping rule would."""
 
@@ -169,6 +191,16 @@ def test_checkpoint_saves_best_and_training_resumes(small, tmp_path):
     assert np.isfinite(first)
 
 
+def test_checkpoint_names_the_held_out_groups(small, tmp_path):
+    groups = small.obs["donor_batch"].to_numpy()
+    model = sl.models.Autoencoder(small).fit(
+        max_epochs=2, validation_groups=groups, checkpoint_dir=tmp_path / "ckpt", progress_bar=False
+    )
+    resumed = sl.models.Autoencoder.load(tmp_path / "ckpt", small)
+    assert resumed.training_info["validation_groups"] == model.training_info["validation_groups"]
+    assert len(resumed.training_info["validation_groups"]) == 1
+
+
 def test_checkpoint_without_early_stopping_keeps_final_weights(small, tmp_path):
     model = sl.models.Autoencoder(small)
     model.fit(max_epochs=6, early_stopping=False, checkpoint_dir=tmp_path / "c", progress_bar=False)
@@ -195,6 +227,16 @@ def test_elbo_of_no_cells_is_empty(small):
     )
     assert len(model.validation_indices) == 0
     assert model.elbo(indices=model.validation_indices).shape == (0,)
+
+
+def test_elbo_of_a_boolean_mask_scores_the_cells_it_selects(small):
+    model = sl.models.Autoencoder(small).fit(max_epochs=1, early_stopping=False, progress_bar=False)
+    every = model.elbo()
+    mask = np.zeros(small.n_obs, dtype=bool)
+    mask[[5, 17, 40]] = True
+    np.testing.assert_allclose(model.elbo(indices=mask), every[[5, 17, 40]], rtol=1e-5)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        model.elbo(indices=mask[:-1])
 
 
 def test_loaded_model_without_data_cannot_train(small, tmp_path):
@@ -261,3 +303,12 @@ def test_counts_changed_in_place_after_the_model_read_them_are_refused(small):
     with pytest.raises(ValueError, match="has changed since, in place"):
         model.get_latent()
     assert not model.is_trained
+
+
+def test_dropping_explicit_zeros_after_the_model_read_the_counts_changes_nothing(small):
+    small.X = small.X.tocsr()
+    small.X.data[::7] = 0  # explicit zeros, as some writers leave them
+    model = sl.models.Autoencoder(small)
+    latent = model.get_latent()
+    small.X.eliminate_zeros()  # in place: fewer stored entries, the same values
+    np.testing.assert_array_equal(model.get_latent(), latent)

@@ -105,3 +105,13 @@ def test_bad_input_fails_before_training(kang_donors):
         clf.fit(validation_groups=np.repeat("d", train.n_obs))
     assert_names_fix(raised.value)
     assert not clf.is_trained
+
+
+def test_counts_changed_in_place_after_the_classifier_read_them_are_refused(kang_donors):
+    train = kang_donors[0].copy()
+    clf = sl.models.Classifier(train, "group_id")  # holds train.X without copying it
+    sc.pp.normalize_total(train)
+    with pytest.raises(ValueError, match=r"has changed since, in place.*new Classifier.*layer='counts'") as raised:
+        clf.fit(max_epochs=1, progress_bar=False)
+    assert_names_fix(raised.value)
+    assert not clf.is_trained

@@ -178,6 +178,22 @@ def test_query_batches_named_like_reference_batches_are_those_batches(cellbench_
     assert np.array_equal(mapped.get_latent(), model.get_latent(again))
 
 
+def test_known_batch_cells_held_out_in_a_query_are_not_warned_about(cellbench_mapped):
+    import warnings
+
+    reference, query, model, _ = cellbench_mapped
+    mixed = ad.concat([reference[:1], query])  # one cell of the reference's batch, held out for validation
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mapped = model.map_query(mixed, validation_fraction=0.9, max_epochs=2, progress_bar=False)
+    said = [str(w.message) for w in caught]
+    assert any("named like reference batches" in m for m in said)
+    assert not [m for m in said if "no training cells" in m]  # 'CEL-seq2' was trained with the reference
+    assert 0 in mapped.validation_indices  # the case at hand: no training cell of 'CEL-seq2'
+    assert mapped.trained_categories == {"batch": ["CEL-seq2", "Drop-seq"]}
+    assert model.trained_categories == {"batch": ["CEL-seq2"]}  # the reference model is left as it was
+
+
 def test_bad_input_fails_before_any_training(cellbench_mapped, pbmc_small):
     reference, query, model, _ = cellbench_mapped
     renamed = query.copy()

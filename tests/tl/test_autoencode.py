@@ -226,6 +226,24 @@ def test_holding_out_a_whole_batch_warns_that_it_is_not_corrected(pbmc_small):
             return_model=True,
         )
     assert len(set(pbmc_small.obs["donor_batch"].iloc[model.train_indices])) == 1
+    assert model.trained_categories["donor_batch"] == sorted(
+        set(pbmc_small.obs["donor_batch"].iloc[model.train_indices])
+    )
+
+
+def test_a_category_trained_before_is_not_warned_about_when_held_out_later(pbmc_small, tmp_path):
+    import warnings
+
+    model = sl.models.Autoencoder(pbmc_small, batch_key="donor_batch").fit(max_epochs=1, progress_bar=False)
+    assert model.trained_categories == {"donor_batch": ["a", "b"]}
+    model.save(tmp_path / "m")
+    groups = pbmc_small.obs["donor_batch"].to_numpy()
+    for again in (model, sl.models.Autoencoder.load(tmp_path / "m", pbmc_small)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again.fit(max_epochs=1, validation_groups=groups, progress_bar=False)  # one donor held out whole
+        assert not [w for w in caught if "no training cells" in str(w.message)]
+        assert again.trained_categories == {"donor_batch": ["a", "b"]}
 
 
 def test_validation_groups_bad_input_fails_before_training(pbmc_small):

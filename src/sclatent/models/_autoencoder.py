@@ -17,7 +17,7 @@ from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_layers, check_norm
 from ..train import CellData, TrainingPlan, check_fit_arguments, history_frame, holdout_split, run_fit
 from ._persist import check_checkpoint_dir, history_from_json, history_to_json, read_model, write_model
-from ._setup import MIN_GENE_OVERLAP, DataSetup, _where, matrix_fingerprint
+from ._setup import MIN_GENE_OVERLAP, DataSetup, HoldsData
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,7 +43,7 @@ def check_kl_weight(kl_weight: float) -> None:
         raise ValueError(msg)
 
 
-class Autoencoder:
+class Autoencoder(HoldsData):
     """A (variational) autoencoder on single-cell counts with a batch-covariate encoder.
 
     The batch and categorical covariates (one-hot) and continuous covariates (standardised) are
@@ -153,6 +153,8 @@ class Autoencoder:
         self.train_indices = self.validation_indices = np.array([], dtype=int)
         #: Epochs trained so far, over all calls to :meth:`fit` (and before saving).
         self.trained_epochs = 0
+        #: For each categorical covariate, the categories whose weights some :meth:`fit` trained on cells of theirs.
+        self.trained_categories: dict[str, list[str]] = {k: [] for k in self.setup.categorical_keys}
         self.is_trained = False
 
     def __repr__(self) -> str:
@@ -290,7 +292,7 @@ class Autoencoder:
         if len(train_idx) < 2:
             msg = f"only {len(train_idx)} cells are left for training; lower validation_fraction or add cells."
             raise ValueError(msg)
-        self._warn_untrained_categories(cat, train_idx)
+        trained_categories = self._warn_untrained_categories(cat, train_idx)
 
         data = CellData(X, library, cat, cont)
         plan = TrainingPlan(
@@ -321,9 +323,12 @@ class Autoencoder:
             def on_improve(epoch: int) -> None:
                 # the checkpoint is a trained model of its own: its epoch's weights, split, history so far and settings
                 info = {"n_epochs": epoch + 1, "best_epoch": epoch, "stop_reason": "checkpoint", "complete": False}
+                if validation_groups is not None:
+                    info["validation_groups"] = sorted(set(validation_groups[val_idx]))
                 meta = self._meta() | {
                     "is_trained": True,
                     "trained_epochs": previous_epochs + epoch + 1,
+                    "trained_categories": trained_categories,
                     "training_info": info | {"trained_epochs_total": previous_epochs + epoch + 1} | settings,
                     "train_indices": train_idx.tolist(),
                     "validation_indices": val_idx.tolist(),
@@ -372,17 +377,31 @@ class Autoencoder:
         if validation_groups is not None:
             self.training_info["validation_groups"] = sorted(set(validation_groups[val_idx]))
         self.train_indices, self.validation_indices = train_idx, val_idx
+        self.trained_categories = trained_categories
         self.is_trained = True
         return self
 
-    def _warn_untrained_categories(self, cat, train_idx: np.ndarray) -> None:
-        """Warn when a covariate's category has no training cell: its weights keep their initial values."""
-        codes = np.asarray(cat)
+    def _categories_with_cells(self, codes: np.ndarray) -> dict[str, set[str]]:
+        """Return, for each categorical covariate, the categories that occur among the codes ``codes`` (cells × keys)."""
+        out = {}
         for j, key in enumerate(self.setup.categorical_keys):
-            n = len(self.setup.categories[key])
-            present = np.bincount(codes[:, j], minlength=n) > 0  # a reference's categories are absent from a query
-            trained = np.bincount(codes[train_idx, j], minlength=n) > 0
-            missing = [c for c, p, t in zip(self.setup.categories[key], present, trained, strict=True) if p and not t]
+            names = np.asarray(self.setup.categories[key], dtype=object)
+            out[key] = set(names[np.bincount(codes[:, j], minlength=len(names)) > 0])
+        return out
+
+    def _warn_untrained_categories(self, cat, train_idx: np.ndarray) -> dict[str, list[str]]:
+        """Warn when a category of the data is not trained, by this fit nor an earlier one: its weights keep their initial values.
+
+        Returns the trained categories of each covariate once this fit is done.
+        """
+        codes = np.asarray(cat)
+        present = self._categories_with_cells(codes)  # a reference's categories are absent from a query
+        in_training = self._categories_with_cells(codes[train_idx])
+        trained = {}
+        for key in self.setup.categorical_keys:
+            before = set(self.trained_categories.get(key, []))
+            trained[key] = sorted(before | in_training[key])
+            missing = [c for c in self.setup.categories[key] if c in present[key] and c not in trained[key]]
             if missing:
                 warnings.warn(
                     f"adata.obs[{key!r}] categories {missing[:10]} have no training cells (all held out for "
@@ -391,6 +410,7 @@ class Autoencoder:
                     UserWarning,
                     stacklevel=3,
                 )
+        return trained
 
     # ---------------------------------------------------------------- mapping new data
     def map_query(
@@ -493,6 +513,7 @@ class Autoencoder:
             )
         mapped = copy.copy(self)
         mapped.setup = setup
+        mapped.trained_categories = {k: list(v) for k, v in self.trained_categories.items()}
         mapped.module, new_columns = self.module.with_categories([len(added[k]) for k in self.setup.categorical_keys])
         mapped.config = mapped.module.config
         mapped._data = data
@@ -528,6 +549,11 @@ class Autoencoder:
                 callbacks=callbacks,
                 max_time=max_time,
             )
+        # only the new categories' weights trained: a known category stays as the reference left it
+        mapped.trained_categories = {
+            k: sorted(set(self.trained_categories.get(k, [])) | (set(mapped.trained_categories[k]) & set(added[k])))
+            for k in self.setup.categorical_keys
+        }
         mapped.training_info["map_query"] = info
         return mapped
 
@@ -539,29 +565,6 @@ class Autoencoder:
                 raise ValueError(msg)
             return CellData(*self._own_data())
         return CellData(*self.setup.read(adata))
-
-    @property
-    def _data(self) -> tuple | None:
-        """The data the model was given (matrix, library sizes, covariates), checked when it was read."""
-        return self._held
-
-    @_data.setter
-    def _data(self, data: tuple | None) -> None:
-        self._held = data
-        # an in-memory matrix is the user's own (no copy is made): notice if it is changed in place later
-        self._fingerprint = None if data is None else matrix_fingerprint(data[0])
-
-    def _own_data(self) -> tuple:
-        """Return :attr:`_data`, unless its matrix was changed in place since it was read."""
-        if self._fingerprint is not None and matrix_fingerprint(self._data[0]) != self._fingerprint:
-            msg = (
-                f"the matrix this model read ({_where(self.setup.layer)}) has changed since, in place (e.g. by "
-                "sc.pp.normalize_total or sc.pp.log1p: the model uses the matrix without copying it), so it no longer "
-                "holds the values the model checked. Keep the raw counts in a layer before normalising and train a "
-                "new model on them: `Autoencoder(adata, layer='counts')`."
-            )
-            raise ValueError(msg)
-        return self._data
 
     @torch.inference_mode()
     def _map(self, data: CellData, fn, batch_size: int) -> tuple[np.ndarray, ...]:
@@ -610,13 +613,21 @@ class Autoencoder:
         adata
             Defaults to the training data.
         indices
-            Score only these cells (positions in ``adata``).
+            Score only these cells: positions in ``adata``, or a boolean mask with one entry per cell.
         batch_size
             Cells per forward pass.
         """
         data = self._inputs(adata)
         if indices is not None:
-            idx = np.asarray(indices, dtype=int)
+            idx = np.asarray(indices)
+            if idx.dtype == bool:
+                if idx.shape != (data.X.shape[0],):
+                    msg = (
+                        f"a boolean `indices` must have one entry per cell ({data.X.shape[0]}), got shape {idx.shape}."
+                    )
+                    raise ValueError(msg)
+                idx = np.flatnonzero(idx)
+            idx = idx.astype(int, copy=False)
             if idx.size == 0:  # e.g. the validation cells of a fit without validation
                 return np.empty(0, dtype=np.float32)
             data = CellData(
@@ -780,6 +791,7 @@ class Autoencoder:
             "random_state": self.random_state,
             "is_trained": self.is_trained,
             "trained_epochs": self.trained_epochs,
+            "trained_categories": self.trained_categories,
             "training_info": self.training_info,
             "train_indices": self.train_indices.tolist(),
             "validation_indices": self.validation_indices.tolist(),
@@ -800,6 +812,9 @@ class Autoencoder:
         self.module.eval()
         self.is_trained = meta["is_trained"]
         self.trained_epochs = int(meta.get("trained_epochs", 0))
+        # files written before this was recorded: a trained model's categories all count as trained
+        every = {k: list(self.setup.categories[k]) for k in self.setup.categorical_keys}
+        self.trained_categories = meta.get("trained_categories", every if self.is_trained else {k: [] for k in every})
         self.training_info = meta["training_info"]
         self.train_indices = np.asarray(meta.get("train_indices", []), dtype=int)
         self.validation_indices = np.asarray(meta.get("validation_indices", []), dtype=int)

@@ -16,7 +16,7 @@ from ..nn._base import check_layers, check_norm
 from ..train import CellData, TrainingPlan, check_fit_arguments, holdout_split, run_fit
 from ._autoencoder import default_max_epochs
 from ._persist import history_from_json, history_to_json, read_model, write_model
-from ._setup import DataSetup, check_labels
+from ._setup import DataSetup, HoldsData, check_labels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +52,7 @@ def check_autoencoder(autoencoder, layer: str | None) -> None:
         raise ValueError(msg)
 
 
-class Classifier:
+class Classifier(HoldsData):
     """A neural-network classifier of cells from their raw counts (cell type, condition, …).
 
     An MLP on ``log1p`` of counts per 10,000, computed inside the model from the raw counts of
@@ -195,7 +195,7 @@ class Classifier:
         if self._data is None:
             msg = "this classifier was loaded and holds no data to train on; train a new one, `sl.models.Classifier(adata, label_key).fit()`."
             raise ValueError(msg)
-        X, library, cat, cont = self._data
+        X, library, cat, cont = self._own_data()
         n = X.shape[0]
         if max_epochs is None:
             max_epochs = max(default_max_epochs(n) // 4, 10)
@@ -276,7 +276,7 @@ class Classifier:
         from scipy.special import log_softmax
 
         self.module.temperature.fill_(1.0)
-        X, library, cat, cont = self._data
+        X, library, cat, cont = self._own_data()
         logits = self._logits(CellData(X[idx], library[idx], cat[idx], cont[idx])).astype(np.float64)
         y = self._codes[idx]
 
@@ -293,7 +293,7 @@ class Classifier:
         if adata is None and self._data is None:
             msg = "this classifier holds no data (it was loaded); pass `adata` to predict."
             raise ValueError(msg)
-        X, library, cat, cont = self._data if adata is None else self.setup.read(adata)
+        X, library, cat, cont = self._own_data() if adata is None else self.setup.read(adata)
         logits = torch.from_numpy(self._logits(CellData(X, library, cat, cont), batch_size))
         out = torch.softmax(logits, -1).numpy()
         index = None if adata is None else adata.obs_names

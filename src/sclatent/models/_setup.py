@@ -38,13 +38,45 @@ def _matrix(adata: AnnData, layer: str | None):
     return adata.layers[layer]
 
 
-def matrix_fingerprint(X) -> tuple[int, float] | None:
-    """Return the number of stored entries of an in-memory matrix and their sum (to notice an in-place change); ``None`` on disk."""
+def matrix_fingerprint(X) -> tuple[tuple[int, ...], float] | None:
+    """Return an in-memory matrix's shape and the sum of its values (to notice an in-place change); ``None`` on disk.
+
+    Explicit zeros do not count: dropping them (``X.eliminate_zeros()``) leaves the values as they were.
+    """
     if sp.issparse(X):
-        return X.nnz, float(np.sum(X.data, dtype=np.float64))
+        return X.shape, float(np.sum(X.data, dtype=np.float64))
     if isinstance(X, np.ndarray):
-        return X.size, float(np.sum(X, dtype=np.float64))
+        return X.shape, float(np.sum(X, dtype=np.float64))
     return None
+
+
+class HoldsData:
+    """The data a model was given, kept without a copy and checked, before each use, for changes made in place since."""
+
+    setup: DataSetup
+
+    @property
+    def _data(self) -> tuple | None:
+        """The data the model was given (matrix, library sizes, covariates), checked when it was read."""
+        return self._held
+
+    @_data.setter
+    def _data(self, data: tuple | None) -> None:
+        self._held = data
+        # an in-memory matrix is the user's own (no copy is made): notice if it is changed in place later
+        self._fingerprint = None if data is None else matrix_fingerprint(data[0])
+
+    def _own_data(self) -> tuple:
+        """Return :attr:`_data`, unless its matrix was changed in place since it was read."""
+        if self._fingerprint is not None and matrix_fingerprint(self._data[0]) != self._fingerprint:
+            msg = (
+                f"the matrix this model read ({_where(self.setup.layer)}) has changed since, in place (e.g. by "
+                "sc.pp.normalize_total or sc.pp.log1p: the model uses the matrix without copying it), so it no longer "
+                "holds the values the model checked. Keep the raw counts in a layer before normalising and train a "
+                f"new {type(self).__name__} on them, with `layer='counts'`."
+            )
+            raise ValueError(msg)
+        return self._data
 
 
 def _as_rows(X):

@@ -389,10 +389,14 @@ def run_fit(
 
 
 def _time_is_up(trainer: L.Trainer) -> bool:
-    """Whether the trainer's ``max_time`` ran out."""
+    """Whether the trainer's ``max_time`` ran out and stopped training.
+
+    Lightning's timer checks the time after each training step and then asks the trainer to
+    stop; a run whose last validation alone passed the limit did every step, and is not cut short.
+    """
     timer = next((c for c in trainer.callbacks if isinstance(c, L.pytorch.callbacks.Timer)), None)
     remaining = timer.time_remaining("train") if timer is not None else None
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= 0 and trainer.should_stop
 
 
 def history_frame(hist: dict[str, list[float]], n_epochs: int) -> pd.DataFrame:
