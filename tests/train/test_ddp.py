@@ -101,6 +101,7 @@ def test_two_processes_from_disk_with_the_default_model(tmp_path):
     assert "chunks of" in ranks[0]["training_info"]["batches"]
 
 
+@pytest.mark.slow  # the launch path only; the other two-process tests cover the training itself
 def test_two_processes_started_by_torchrun(tmp_path):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     ranks = _run(tmp_path, "default", launcher=torchrun)

@@ -114,6 +114,7 @@ def test_quality_from_disk_as_in_memory_cellbench(cellbench_3cl, tmp_path, small
     backed.file.close()
 
 
+@pytest.mark.slow  # the CellBench test above checks the same from disk in half the time
 def test_quality_from_disk_as_in_memory_pbmc(on_disk, small_chunks):
     memory, backed = on_disk
     memory = memory.copy()

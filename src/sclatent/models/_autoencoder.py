@@ -623,7 +623,8 @@ class Autoencoder(HoldsData):
             if idx.dtype == bool:
                 if idx.shape != (data.X.shape[0],):
                     msg = (
-                        f"a boolean `indices` must have one entry per cell ({data.X.shape[0]}), got shape {idx.shape}."
+                        f"a boolean `indices` has shape {idx.shape} but `adata` has {data.X.shape[0]} cells; pass a mask "
+                        "with one entry per cell, or the positions of the cells to score."
                     )
                     raise ValueError(msg)
                 idx = np.flatnonzero(idx)
