@@ -14,9 +14,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.neighbors import NearestNeighbors
 
-#: How the paul15 model is trained for the trajectory tests (also what the tutorial does).
-#: sclatent 0.1's model settings: on paul15 they order the myeloid branch better than today's defaults
-#: (docs/benchmarks/trajectory.md has both).
+#: How the paul15 model is trained for the trajectory tests (also what the tutorial does): sclatent 0.1's
+#: 10-dimensional latent and raw log1p input, with today's decoder axes. On paul15 they order both lineages
+#: ahead of scanpy's DPT on principal components (docs/benchmarks/trajectory.md has the other settings).
 PAUL15_TRAINING = {"n_top_genes": 1000, "n_latent": 10, "normalize_input": False}
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 
 import sclatent as sl
 
-from sclatent_test_helpers import assert_unchanged, snapshot
+from sclatent_test_helpers import assert_names_fix, assert_unchanged, snapshot
 
 
 @pytest.fixture
@@ -179,6 +179,12 @@ def test_checkpoint_saves_best_and_training_resumes(small, tmp_path):
     assert not resumed.training_info["complete"]
     assert resumed.training_info["kl_weight"] == model.training_info["kl_weight"]
     np.testing.assert_array_equal(resumed.validation_indices, model.validation_indices)
+    # the latent's axes are set from the training data when the checkpoint is loaded with it, not at every improvement
+    assert not saved["latent_axes_fitted"]
+    bare = sl.models.Autoencoder.load(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="checkpoint") as raised:
+        bare.get_latent(small)
+    assert_names_fix(raised.value)
     n_saved = saved["trained_epochs"]
     assert len(resumed.history) == n_saved
     np.testing.assert_allclose(resumed.history["validation_loss"], model.history["validation_loss"][:n_saved])

@@ -163,19 +163,52 @@ def test_decoder_only_covariates_hide_the_batch_from_the_encoder(pbmc_small):
 
 def test_model_files_without_the_newer_settings_load(pbmc_small, tmp_path):
     # a model as sclatent 0.1 trained it, saved without the settings it did not have
-    model = sl.models.Autoencoder(pbmc_small, n_latent=10, norm="batch", encode_covariates=True, normalize_input=False)
+    import torch
+
+    model = sl.models.Autoencoder(
+        pbmc_small, n_latent=10, norm="batch", encode_covariates=True, normalize_input=False, rescale_latent=False
+    )
     model.fit(max_epochs=2, progress_bar=False)
     adata = pbmc_small
     model.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    for key in ("norm", "encode_covariates", "normalize_input"):  # as in files written before these settings were saved
+    # as in files written before these settings were saved
+    for key in ("norm", "encode_covariates", "normalize_input", "rescale_latent"):
         del meta["config"][key]
+    del meta["latent_axes_fitted"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    del state["latent_axes"]  # nor had they latent axes: their latent is the posterior mean
+    torch.save(state, tmp_path / "m" / "model.pt")
     loaded = sl.models.Autoencoder.load(tmp_path / "m", adata)
     assert loaded.config.norm == "batch"
     assert loaded.config.encode_covariates
     assert not loaded.config.normalize_input
+    assert not loaded.config.rescale_latent
     np.testing.assert_array_equal(loaded.get_latent(), model.get_latent())
+
+
+def test_latent_on_decoder_axes_or_the_posterior_mean(pbmc_small):
+    import torch
+
+    def posterior_mean(model):
+        module = model.module
+        return model._map(
+            model._inputs(None), lambda b: module.encode(b["x"], module.covariates(b), b["library"])[0], 4096
+        )[0]
+
+    plain = sl.models.Autoencoder(pbmc_small, rescale_latent=False).fit(max_epochs=3, progress_bar=False)
+    np.testing.assert_array_equal(plain.get_latent(), posterior_mean(plain))
+    model = sl.models.Autoencoder(pbmc_small).fit(max_epochs=3, progress_bar=False)
+    latent, mean = model.get_latent(), posterior_mean(model)
+    np.testing.assert_array_equal(mean, posterior_mean(plain))  # the same training; only the axes differ
+    np.testing.assert_allclose(latent, mean @ model.module.latent_axes.numpy(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(model.module.latent_axes, torch.eye(model.config.n_latent))
+    # ordered like principal components: the first dimension varies most
+    variances = latent.var(0)
+    assert variances[0] == variances.max()
+    # points of the latent decode to their cells' denoised expression
+    np.testing.assert_allclose(model.decode(latent[:50]), model.get_denoised()[:50], rtol=1e-3, atol=1e-3)
 
 
 def test_unknown_norm_fails_before_reading_the_data(pbmc_small):

@@ -39,14 +39,14 @@ def test_pseudotime_follows_known_lineage_order(paul):
     adata, _ = paul
     erythroid = _order_correlation(adata, "sclatent_pseudotime", {c: i for i, c in enumerate(ERYTHROID)})
     myeloid = _order_correlation(adata, "sclatent_pseudotime", MYELOID)
-    # Measured (benchmarks/trajectory.py, seeds 0-2): erythroid 0.859-0.866, myeloid 0.655-0.716;
-    # scanpy's DPT on 30 PCs of all genes gives 0.787 and 0.698.
-    assert erythroid >= 0.85, f"erythroid Spearman {erythroid:.3f} ({PAUL15_TRAINING})"
+    # Measured (benchmarks/trajectory.py, seeds 0-2): erythroid 0.816-0.831, myeloid 0.725-0.727;
+    # scanpy's DPT on 30 PCs of the same 1,000 genes gives 0.797 and 0.686.
+    assert erythroid >= 0.80, f"erythroid Spearman {erythroid:.3f} ({PAUL15_TRAINING})"
     # With two tied groups the myeloid Spearman cannot exceed that of a perfect ordering (0.729
-    # here), so it is held to 95% of that ceiling.
+    # here), so it is held to 98% of that ceiling.
     ceiling = _perfect_binary_spearman(adata, MYELOID)
     assert ceiling < 0.75
-    assert myeloid >= 0.95 * ceiling, f"myeloid Spearman {myeloid:.3f}, ceiling {ceiling:.3f} ({PAUL15_TRAINING})"
+    assert myeloid >= 0.98 * ceiling, f"myeloid Spearman {myeloid:.3f}, ceiling {ceiling:.3f} ({PAUL15_TRAINING})"
     medians = adata.obs.groupby(adata.obs["paul15_clusters"].astype(str))["sclatent_pseudotime"].median()
     assert max(medians["9GMP"], medians["10GMP"]) < min(medians["14Mo"], medians["15Mo"], medians["16Neu"])
     assert adata.obs["sclatent_pseudotime"].iloc[840] == 0

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
 
 #: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
-_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False}
+_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False, "rescale_latent": False}
+
+#: At most this many training cells (a seeded random subset) set the latent's axes after training.
+LATENT_AXES_CELLS = 2048
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -86,6 +89,13 @@ class Autoencoder(HoldsData):
     normalize_input
         Give the encoder log-normalised counts (each cell scaled to 10,000, then ``log1p``)
         instead of ``log1p`` of the raw counts; count likelihoods only.
+    rescale_latent
+        Express the latent (:meth:`get_latent`) in the decoder's metric: :meth:`fit` ends by
+        rotating and scaling the posterior means so that Euclidean distances between cells
+        measure how much their decoded log-expression differs, with the dimensions ordered by
+        how much expression they change, as principal components are
+        (:meth:`~sclatent.module.AutoencoderModule.fit_latent_axes`). ``False`` gives the
+        posterior means themselves.
     random_state
         Seed for the weights, the validation split, the minibatch order and the sampling noise.
 
@@ -114,6 +124,7 @@ class Autoencoder(HoldsData):
         norm: str = "batch",
         encode_covariates: bool = True,
         normalize_input: bool = True,
+        rescale_latent: bool = True,
         random_state: int = 0,
     ) -> None:
         likelihood_cls = get_likelihood(likelihood)
@@ -140,6 +151,7 @@ class Autoencoder(HoldsData):
             norm=norm,
             encode_covariates=bool(encode_covariates),
             normalize_input=bool(normalize_input),
+            rescale_latent=bool(rescale_latent),
             n_categories=self.setup.n_categories,
             n_continuous=len(self.setup.continuous_covariate_keys),
         )
@@ -156,6 +168,8 @@ class Autoencoder(HoldsData):
         #: For each categorical covariate, the categories whose weights some :meth:`fit` trained on cells of theirs.
         self.trained_categories: dict[str, list[str]] = {k: [] for k in self.setup.categorical_keys}
         self.is_trained = False
+        #: Whether the latent's axes belong to the current weights (``rescale_latent``); see :meth:`get_latent`.
+        self.latent_axes_fitted = False
 
     def __repr__(self) -> str:
         c = self.config
@@ -327,6 +341,8 @@ class Autoencoder(HoldsData):
                     info["validation_groups"] = sorted(set(validation_groups[val_idx]))
                 meta = self._meta() | {
                     "is_trained": True,
+                    # setting the axes at every improvement would cost more than training small data: on load
+                    "latent_axes_fitted": False,
                     "trained_epochs": previous_epochs + epoch + 1,
                     "trained_categories": trained_categories,
                     "training_info": info | {"trained_epochs_total": previous_epochs + epoch + 1} | settings,
@@ -359,6 +375,8 @@ class Autoencoder(HoldsData):
             divergence_advice=", or try likelihood='nb'",
         )
         self.history = outcome.history
+        self.latent_axes_fitted = False
+        self._fit_latent_axes(data, train_idx)
         n_epochs, stop_reason, elapsed = outcome.n_epochs, outcome.stop_reason, outcome.seconds
         self.trained_epochs = previous_epochs + n_epochs
         self.training_info = {
@@ -380,6 +398,43 @@ class Autoencoder(HoldsData):
         self.trained_categories = trained_categories
         self.is_trained = True
         return self
+
+    def _fit_latent_axes(self, data: CellData, cells: np.ndarray) -> None:
+        """Set the latent's axes from the decoder at (at most :data:`LATENT_AXES_CELLS` of) the training ``cells``.
+
+        Each cell is encoded and the decoder's Jacobian taken at its posterior mean, with its own
+        covariates. Nothing changes without ``rescale_latent``, or while mapping a query
+        (the reference's latent must not move).
+        """
+        module = self.module
+        if module.trains_new_columns_only:
+            self.latent_axes_fitted = True  # the reference's axes, which mapping keeps
+            return
+        if not self.config.rescale_latent or len(cells) == 0:
+            return
+        rng = np.random.default_rng(self.random_state)
+        cells = np.sort(rng.choice(cells, min(len(cells), LATENT_AXES_CELLS), replace=False))
+        training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        gram = torch.zeros(self.config.n_latent, self.config.n_latent, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for start in range(0, len(cells), 256):
+                batch = {k: v.to(device) for k, v in data[cells[start : start + 256]].items()}
+                cov = module.covariates(batch)
+                gram += module.expression_gram(module.encode(batch["x"], cov, batch["library"])[0], cov)
+        module.fit_latent_axes(gram.cpu(), len(cells))
+        module.train(training)
+        self.latent_axes_fitted = True
+
+    def check_latent_axes(self) -> None:
+        """Raise unless the latent's axes fit the weights (a checkpoint loaded without its training data has none yet)."""
+        if self.config.rescale_latent and self.is_trained and not self.latent_axes_fitted:
+            msg = (
+                "this model was saved during training (a checkpoint), before its latent axes were set from its "
+                "training data (`rescale_latent=True`); load it with that data: `Autoencoder.load(path, adata)`."
+            )
+            raise ValueError(msg)
 
     def _categories_with_cells(self, codes: np.ndarray) -> dict[str, set[str]]:
         """Return, for each categorical covariate, the categories that occur among the codes ``codes`` (cells × keys)."""
@@ -475,6 +530,7 @@ class Autoencoder(HoldsData):
         if not self.is_trained:
             msg = "this model is not trained; train it on the reference first (`model.fit()`), then map the query."
             raise ValueError(msg)
+        self.check_latent_axes()
         if self.setup.batch_key is None:
             msg = (
                 "this model was trained without batch_key, so there are no batch weights to extend for the query; "
@@ -589,14 +645,19 @@ class Autoencoder(HoldsData):
         return outs
 
     def get_latent(self, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
-        """Posterior mean of the latent for each cell (cells × n_latent, float32).
+        """Return the latent of each cell (cells × n_latent, float32): its posterior mean, on the decoder's axes.
 
+        With ``rescale_latent`` (the default) the posterior mean is rotated and scaled so that
+        Euclidean distances follow the decoded log-expression (see :class:`Autoencoder`); the
+        first dimension changes expression most. Without it, the posterior mean itself.
         ``adata`` defaults to the training data. New data need every training gene (matched
         by name, in any order) and only batch categories seen in training.
         """
+        self.check_latent_axes()
         data = self._inputs(adata)
+        module = self.module
         return self._map(
-            data, lambda b: self.module.encode(b["x"], self.module.covariates(b), b["library"])[0], batch_size
+            data, lambda b: module.latent(module.encode(b["x"], module.covariates(b), b["library"])[0]), batch_size
         )[0]
 
     def elbo(
@@ -733,7 +794,7 @@ class Autoencoder(HoldsData):
             mean = self.module.normalized_mean(z, cov)
             if pos is not None:
                 mean = mean.index_select(1, pos.to(mean.device))
-            return z, mean * factor
+            return self.module.latent(z), mean * factor
 
         return self._map(data, fn, batch_size)
 
@@ -743,10 +804,12 @@ class Autoencoder(HoldsData):
     ) -> np.ndarray:
         """Decode latent points into expression (as :meth:`get_denoised`), points × genes.
 
-        Covariates are set to one condition for all points: ``batch`` (default: the first batch
+        ``z`` are points of the latent that :meth:`get_latent` returns (e.g. from
+        ``adata.obsm["X_sclatent"]``, or between such points). Covariates are set to one condition for all points: ``batch`` (default: the first batch
         category), the first category of every other categorical covariate, and the training
         mean of every continuous covariate.
         """
+        self.check_latent_axes()
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.config.n_latent:
             msg = f"z must be points × {self.config.n_latent}, got shape {z.shape}."
@@ -772,7 +835,7 @@ class Autoencoder(HoldsData):
                 "cat": torch.from_numpy(cat[s : s + batch_size]).to(device),
                 "cont": torch.from_numpy(cont[s : s + batch_size]).to(device),
             }
-            zt = b["x"]
+            zt = self.module.latent_to_mean(b["x"])
             out.append((self.module.normalized_mean(zt, self.module.covariates(b)) * factor).cpu().numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
 
@@ -791,6 +854,7 @@ class Autoencoder(HoldsData):
             "setup": self.setup.to_dict(),
             "random_state": self.random_state,
             "is_trained": self.is_trained,
+            "latent_axes_fitted": self.latent_axes_fitted,
             "trained_epochs": self.trained_epochs,
             "trained_categories": self.trained_categories,
             "training_info": self.training_info,
@@ -821,4 +885,9 @@ class Autoencoder(HoldsData):
         self.validation_indices = np.asarray(meta.get("validation_indices", []), dtype=int)
         self.history = history_from_json(meta["history"])
         self._data = self.setup.read(adata) if adata is not None else None
+        # files without the entry: sclatent 0.1's, whose latent is the posterior mean
+        self.latent_axes_fitted = bool(meta.get("latent_axes_fitted", True))
+        if self._data is not None and not self.latent_axes_fitted and self.is_trained:
+            # a checkpoint: the axes from its training cells, as the finished fit sets them
+            self._fit_latent_axes(CellData(*self._data), self.train_indices)
         return self

@@ -44,6 +44,7 @@ def check_autoencoder(autoencoder, layer: str | None) -> None:
     if not autoencoder.is_trained:
         msg = "the autoencoder is not trained; train it first (`model.fit()`, or `sl.tl.autoencode(adata, return_model=True)`)."
         raise ValueError(msg)
+    autoencoder.check_latent_axes()
     if layer is not None and layer != autoencoder.setup.layer:
         msg = (
             f"layer={layer!r}, but the autoencoder reads the counts of layer {autoencoder.setup.layer!r} "
@@ -57,7 +58,7 @@ class Classifier(HoldsData):
 
     An MLP on ``log1p`` of counts per 10,000, computed inside the model from the raw counts of
     ``layer``, so that gradients and attributions are per gene. With ``autoencoder=`` the MLP
-    reads that trained autoencoder's latent (its posterior mean) instead, computed inside the
+    reads that trained autoencoder's latent (as its ``get_latent`` gives it) instead, computed inside the
     model by a frozen copy of its encoder from the same raw counts (the autoencoder's genes,
     layer and covariates), so that attributions are still per gene and new data need only
     their counts. Trained with cross-entropy and

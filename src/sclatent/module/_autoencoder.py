@@ -59,6 +59,11 @@ class AutoencoderConfig:
         ``log1p`` (log-normalised input, as for PCA), so that the latent does not have to carry
         the library size, which the decoder is given anyway. ``False`` feeds ``log1p`` of the
         raw counts.
+    rescale_latent
+        Express the latent in the decoder's metric: :meth:`~sclatent.module.AutoencoderModule.latent`
+        returns the posterior mean times ``latent_axes`` (a buffer of the module),
+        which training sets from the decoder (see :meth:`~sclatent.module.AutoencoderModule.fit_latent_axes`).
+        ``False`` keeps the axes at the identity: the latent is the posterior mean itself.
     """
 
     n_genes: int
@@ -73,6 +78,7 @@ class AutoencoderConfig:
     norm: str = "batch"
     encode_covariates: bool = True
     normalize_input: bool = True
+    rescale_latent: bool = True
 
     @property
     def n_covariates(self) -> int:
@@ -129,6 +135,9 @@ class AutoencoderModule(nn.Module):
             not config.variational
         ):  # a deterministic autoencoder never uses the variance (nor may DDP expect a gradient)
             self.encoder.log_var.requires_grad_(False)
+        #: The latent's axes (n_latent × n_latent): :meth:`latent` is the posterior mean times this matrix.
+        #: The identity until :meth:`fit_latent_axes` sets it; saved with the weights.
+        self.register_buffer("latent_axes", torch.eye(config.n_latent))
 
     def with_categories(self, n_new: Sequence[int]) -> tuple[AutoencoderModule, torch.Tensor]:
         """Return a copy of the module that knows ``n_new[i]`` more categories of covariate ``i`` (architecture surgery).
@@ -161,6 +170,16 @@ class AutoencoderModule(nn.Module):
         if config.encode_covariates:
             module.encoder.body.expand_covariates(sources)
         return module, torch.tensor(new)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # files of sclatent 0.1 have no latent axes: their latent is the posterior mean, as it was
+        state_dict.setdefault(prefix + "latent_axes", torch.eye(self.config.n_latent))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def trains_new_columns_only(self) -> bool:
+        """Whether :meth:`training_only_columns` is in effect (mapping a query: all else stays as the reference left it)."""
+        return getattr(self, "_frozen_norm", False)
 
     @contextmanager
     def training_only_columns(self, columns: torch.Tensor) -> Iterator[None]:
@@ -232,6 +251,59 @@ class AutoencoderModule(nn.Module):
         """Posterior mean and variance from the encoder's input ``h`` (see :meth:`encoder_input`)."""
         mean, var = self.encoder(h, cov if self.config.encode_covariates else None)
         return (mean, var) if self.config.variational else (mean, torch.zeros_like(mean))
+
+    def latent(self, mean: torch.Tensor) -> torch.Tensor:
+        """Return the latent that users see for posterior means ``mean``: ``mean @ latent_axes``."""
+        return mean @ self.latent_axes
+
+    def latent_to_mean(self, latent: torch.Tensor) -> torch.Tensor:
+        """Return the posterior-mean coordinates of points of :meth:`latent` (its inverse), e.g. to decode them."""
+        return torch.linalg.solve(self.latent_axes.T, latent.T).T
+
+    def expression(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        """Return the decoded expression the latent's metric is measured in: ``log1p`` of expression per 10,000 counts.
+
+        For likelihoods of log-normalised values (``counts=False``) the decoder's mean itself.
+        """
+        mean = self.normalized_mean(z, cov)
+        return torch.log1p(_TARGET_SUM * mean) if self.likelihood.counts else mean
+
+    def expression_gram(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        """Sum over cells of ``JᵀJ`` (n_latent × n_latent, float64), ``J`` the Jacobian of :meth:`expression` at ``z``.
+
+        ``J`` is genes × n_latent for each cell, computed exactly by forward-mode differentiation,
+        one latent direction at a time. Call it on batches of a few hundred cells (it holds
+        cells × genes × n_latent values) in evaluation mode.
+        """
+        n_latent = z.shape[1]
+        columns = []
+        for k in range(n_latent):
+            direction = torch.zeros_like(z)
+            direction[:, k] = 1.0
+            columns.append(torch.func.jvp(lambda z_: self.expression(z_, cov), (z,), (direction,))[1].reshape(-1))
+        J = torch.stack(columns)  # n_latent × (cells · genes)
+        return (J @ J.T).double()
+
+    @torch.no_grad()
+    def fit_latent_axes(self, gram: torch.Tensor, n_cells: int) -> None:
+        """Set ``latent_axes`` from ``gram``, the :meth:`expression_gram` summed over ``n_cells`` cells.
+
+        With ``G = gram / n_cells = V diag(λ) Vᵀ`` (λ descending), the axes are ``V diag(√λ)``:
+        Euclidean distances of the latent are those of the decoder's pull-back metric ``G``
+        (a change ``dz`` of the posterior mean changes the decoded log-expression by
+        ``√(dzᵀ G dz)`` on average over the cells), and the latent's dimensions are ordered by how
+        much expression they change, as principal components are. Each axis's sign makes its
+        largest entry positive.
+        """
+        eigenvalues, vectors = torch.linalg.eigh(gram / max(n_cells, 1))
+        order = torch.argsort(eigenvalues, descending=True)
+        vectors = vectors[:, order]
+        largest = vectors.abs().argmax(0)
+        vectors = vectors * torch.sign(vectors[largest, torch.arange(vectors.shape[1])])
+        # the floor keeps the axes invertible (for decoding) where the decoder is flat along a direction
+        scale = eigenvalues[order].clamp_min(0).sqrt()
+        scale = scale.clamp_min(1e-6 * float(scale.max().clamp_min(1e-12)))
+        self.latent_axes.copy_((vectors * scale).to(self.latent_axes))
 
     def decode(self, z: torch.Tensor, cov: torch.Tensor | None, library: torch.Tensor) -> Distribution:
         """Return the distribution of the observations given latent ``z``."""

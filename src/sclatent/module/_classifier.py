@@ -51,7 +51,7 @@ class ClassifierConfig:
 
 
 class ClassifierModule(nn.Module):
-    """Raw counts → ``log1p`` of counts per 10,000 (or a frozen encoder's latent mean) → hidden layers → class logits.
+    """Raw counts → ``log1p`` of counts per 10,000 (or a frozen encoder's latent) → hidden layers → class logits.
 
     The normalisation, and the encoder when there is one, are part of the module, so that the
     input is the raw counts and gradient-based attributions are per gene. A batch is a dict with
@@ -129,7 +129,7 @@ class ClassifierModule(nn.Module):
     def logits_from_input(self, h: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits from the per-gene input ``h`` (see :meth:`model_input`) and the encoder's covariates ``cov``."""
         if self.encoder is not None:
-            h = self.encoder.encode_input(h, cov)[0]
+            h = self.encoder.latent(self.encoder.encode_input(h, cov)[0])
         return self.head(self.body(h)) / self.temperature
 
     def forward(self, batch: dict[str, torch.Tensor], kl_weight: float = 1.0) -> LossOutput:

@@ -56,7 +56,7 @@ def _forward(model, target_index: int):
         return f
 
     def g(h, cov):
-        return model.module.encode_input(h, cov)[0][:, target_index]
+        return model.module.latent(model.module.encode_input(h, cov)[0])[:, target_index]
 
     return g
 
@@ -84,7 +84,7 @@ def attribute(
     r"""Rank genes by their attribution to a classifier's class or an autoencoder's latent dimension (captum).
 
     For a :class:`~sclatent.models.Classifier`, the explained output is the log-probability of
-    the target class; for an :class:`~sclatent.models.Autoencoder`, the posterior mean of the
+    the target class; for an :class:`~sclatent.models.Autoencoder`, the latent (as written to ``obsm``) of the
     target latent dimension, each cell with its own covariates. Attributions are to the model's
     own input, which both models compute per gene from the raw data: for a classifier ``log1p``
     of counts per 10,000 (for one that reads an autoencoder's latent, the attribution runs
@@ -162,6 +162,8 @@ def attribute(
         msg = "the model is not trained; train it first (`model.fit()`)."
         raise ValueError(msg)
     is_classifier = isinstance(model, Classifier)
+    if not is_classifier:
+        model.check_latent_axes()
     targets = _targets(model, target)
     cells_of: dict = {}
     if groupby is not None:

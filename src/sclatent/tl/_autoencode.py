@@ -77,6 +77,7 @@ def autoencode(
     norm: str = "batch",
     encode_covariates: bool = True,
     normalize_input: bool = True,
+    rescale_latent: bool = True,
     max_epochs: int | None = None,
     early_stopping: bool = True,
     validation_fraction: float = 0.1,
@@ -150,6 +151,13 @@ def autoencode(
         Give the encoder log-normalised counts (each cell scaled to 10,000 counts, then
         ``log1p``) instead of ``log1p`` of the raw counts (``False``, sclatent 0.1's behaviour).
         The decoder gets the library size either way. Count likelihoods only.
+    rescale_latent
+        Write the latent on the decoder's axes: each cell's posterior mean, rotated and scaled
+        so that Euclidean distances between cells measure how much their decoded
+        log-expression differs (the decoder's pull-back metric, averaged over cells), with the
+        dimensions ordered by how much expression they change, like principal components.
+        Without it the KL term makes every latent direction count the same, whether it changes
+        many genes or almost none. ``False`` writes the posterior mean itself (sclatent 0.1).
     max_epochs
         Upper bound on epochs; by default chosen from the number of cells
         (:func:`sclatent.models.default_max_epochs`: 400 for ≤ 6,250 cells, down to 20 for 125,000 or more).
@@ -226,7 +234,7 @@ def autoencode(
     (a tuple ``(adata, model)`` with both). Sets the following fields:
 
     ``adata.obsm['X_{key_added}']`` : :class:`numpy.ndarray` (dtype ``float32``)
-        The latent posterior mean of each cell.
+        The latent of each cell: its posterior mean, on the decoder's axes with ``rescale_latent``.
     ``adata.layers['{key_added}_denoised']`` : :class:`numpy.ndarray` (dtype ``float32``)
         Denoised expression: expected counts per 10,000 (count likelihoods; the negative
         binomial or Poisson mean, without zero-inflation), or the decoded mean (gaussian).
@@ -271,6 +279,7 @@ def autoencode(
         norm=norm,
         encode_covariates=encode_covariates,
         normalize_input=normalize_input,
+        rescale_latent=rescale_latent,
         random_state=random_state,
     )
     if transform_batch is not None and (
