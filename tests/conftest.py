@@ -59,6 +59,28 @@ def cellbench_5cl() -> ad.AnnData:
 
 
 @pytest.fixture(scope="session")
+def cellbench_3cl_trained(cellbench_3cl):
+    """CellBench 3 lines with the default latent (technology as batch), and the model; copy the AnnData before changing it.
+
+    One training that the tests of autoencode, compare_embeddings, label transfer and training from disk share.
+    """
+    adata = cellbench_3cl.copy()
+    model = sl.tl.autoencode(adata, batch_key="batch", progress_bar=False, denoise=False, return_model=True)
+    return adata, model
+
+
+@pytest.fixture(scope="session")
+def pbmc_trained(pbmc_hvg):
+    """PBMC 3k with the default latent, and the model; copy the AnnData before changing it.
+
+    One training that the tests of autoencode and classify share.
+    """
+    adata = pbmc_hvg.copy()
+    model = sl.tl.autoencode(adata, progress_bar=False, denoise=False, return_model=True)
+    return adata, model
+
+
+@pytest.fixture(scope="session")
 def paul15_trained():
     """paul15 (bundled) with the sclatent latent and denoised layer, and the model."""
     adata = sl.datasets.paul15()

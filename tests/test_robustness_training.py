@@ -82,6 +82,18 @@ def test_divergence_keeps_best_weights_in_the_model(small):
     assert np.isfinite(model.get_latent()).all()
 
 
+def test_a_resumed_fit_that_diverges_keeps_latent_axes_of_the_weights_it_keeps(small):
+    model = sl.models.Autoencoder(small).fit(max_epochs=4, progress_bar=False)
+    first_axes = model.module.latent_axes.clone()
+    with pytest.raises(FloatingPointError):
+        model.fit(max_epochs=10, callbacks=[PoisonWeights(3)], progress_bar=False)
+    assert model.latent_axes_fitted
+    kept = model.module.latent_axes.clone()
+    assert not torch.equal(kept, first_axes)  # the weights moved on, and so did the axes
+    model._fit_latent_axes(model._inputs(None), model.train_indices)
+    torch.testing.assert_close(model.module.latent_axes, kept)  # they are the kept weights' own
+
+
 class InterruptAt(Callback):
     """Sends SIGINT to this process, as Ctrl+C or Jupyter's interrupt does."""
 
@@ -184,6 +196,9 @@ def test_checkpoint_saves_best_and_training_resumes(small, tmp_path):
     bare = sl.models.Autoencoder.load(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="checkpoint") as raised:
         bare.get_latent(small)
+    assert_names_fix(raised.value)
+    with pytest.raises(ValueError, match="trained on") as raised:
+        sl.models.Autoencoder.load(tmp_path / "ckpt", small[:100].copy())
     assert_names_fix(raised.value)
     n_saved = saved["trained_epochs"]
     assert len(resumed.history) == n_saved

@@ -123,6 +123,18 @@ def test_latent_dimensions_of_the_autoencoder(pbmc_small):
     assert set(res["results"]["target"]) == {"0", "1"}
     assert len(res["results"]) == 2 * pbmc_small.n_vars
     assert (res["convergence"]["relative_delta"] < 0.05).all()
+    # what is explained is the latent as written to obsm (on the decoder's axes): integrated gradients from no
+    # expression add up, over the genes, to how far each cell's latent lies from that of no expression
+    import torch
+
+    module = model.module
+    batch = model._inputs(None)[np.arange(pbmc_small.n_obs)]
+    cov = module.covariates(batch)
+    with torch.no_grad():
+        empty = module.latent(module.encode_input(torch.zeros_like(batch["x"]), cov)[0]).numpy()
+    change = (pbmc_small.obsm["X_sclatent"] - empty).mean(0)[:2]
+    explained = res["results"].groupby("target")["score"].sum().loc[["0", "1"]].to_numpy()
+    np.testing.assert_allclose(explained, change, rtol=0.05, atol=1e-3)
 
 
 def test_bad_input_fails_before_any_work(pbmc_attributed):

@@ -106,9 +106,8 @@ def test_a_class_in_one_group_only_fails_before_training(cellbench_5cl):
 
 
 @pytest.fixture(scope="module")
-def pbmc_from_latent(pbmc_hvg):
-    adata = pbmc_hvg.copy()
-    autoencoder = sl.tl.autoencode(adata, progress_bar=False, denoise=False, return_model=True)
+def pbmc_from_latent(pbmc_trained):
+    adata, autoencoder = pbmc_trained[0].copy(), pbmc_trained[1]
     before = {k: v.clone() for k, v in autoencoder.module.state_dict().items()}
     model = sl.tl.classify(
         adata, "cell_type", use_rep="X_sclatent", autoencoder=autoencoder, n_splits=3, return_model=True
@@ -137,6 +136,16 @@ def test_cell_types_from_the_latent_with_attributions_through_the_encoder(pbmc_f
     for k, v in model.module.encoder.state_dict().items():
         assert torch_equal(v, before[k]), k
     assert "from a latent of 20" in repr(model)
+    # ... and its hidden layers read the latent the autoencoder wrote (on the decoder's axes)
+    import torch
+
+    seen = []
+    handle = model.module.body.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    batch = autoencoder._inputs(None)[np.arange(64)]
+    with torch.no_grad():
+        model.module.logits(batch["x"], batch["library"], model.module.covariates(batch))
+    handle.remove()
+    np.testing.assert_allclose(seen[0].numpy(), adata.obsm["X_sclatent"][:64], rtol=1e-4, atol=1e-4)
 
     # attributions run through the encoder to the genes
     sl.tl.attribute(adata, model, groupby="cell_type")

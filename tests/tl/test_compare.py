@@ -13,9 +13,8 @@ pytest.importorskip("scib_metrics")
 
 
 @pytest.fixture(scope="module")
-def compared(cellbench_3cl):
-    adata = cellbench_3cl.copy()
-    sl.tl.autoencode(adata, batch_key="batch", progress_bar=False, denoise=False)
+def compared(cellbench_3cl_trained):
+    adata = cellbench_3cl_trained[0].copy()
     df = sl.tl.compare_embeddings(adata, ["X_sclatent"], label_key="cell_line_demuxlet", batch_key="batch")
     return adata, df
 

@@ -97,13 +97,12 @@ def small_chunks(monkeypatch):
     return scaled
 
 
-def test_quality_from_disk_as_in_memory_cellbench(cellbench_3cl, tmp_path, small_chunks):
+def test_quality_from_disk_as_in_memory_cellbench(cellbench_3cl, cellbench_3cl_trained, tmp_path, small_chunks):
     cellbench_3cl.write_h5ad(tmp_path / "cb.h5ad")
     backed = ad.read_h5ad(tmp_path / "cb.h5ad", backed="r")
     model = sl.tl.autoencode(backed, batch_key="batch", progress_bar=False, denoise=False, return_model=True)
     assert "chunks of 32 consecutive cells read in a random order; 4 chunks" in model.training_info["batches"]
-    memory = cellbench_3cl.copy()
-    sl.tl.autoencode(memory, batch_key="batch", progress_bar=False, denoise=False)
+    memory = cellbench_3cl_trained[0].copy()  # the same settings, trained in memory
     labels = cellbench_3cl.obs["cell_line_demuxlet"]
     from_disk = backed.to_memory()
     from_disk.obsm["X_sclatent"] = backed.obsm["X_sclatent"]

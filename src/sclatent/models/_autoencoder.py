@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.strategies import Strategy
 
-#: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
-_SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False, "rescale_latent": False}
-
 #: At most this many training cells (a seeded random subset) set the latent's axes after training.
 LATENT_AXES_CELLS = 2048
 
@@ -352,31 +349,34 @@ class Autoencoder(HoldsData):
                 }
                 write_model(checkpoint_dir, meta, self.module, kind="Autoencoder", overwrite=True)
 
-        outcome = run_fit(
-            plan,
-            data,
-            train_idx,
-            val_idx,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            seed=self.random_state,
-            early_stopping=early_stopping,
-            early_stopping_patience=early_stopping_patience,
-            start_epoch=kl_warmup_epochs,
-            on_improve=on_improve,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            progress_bar=progress_bar,
-            callbacks=callbacks,
-            max_time=max_time,
-            precision=precision,
-            divergence_advice=", or try likelihood='nb'",
-        )
+        self.latent_axes_fitted = False  # the weights change from here
+        try:
+            outcome = run_fit(
+                plan,
+                data,
+                train_idx,
+                val_idx,
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                seed=self.random_state,
+                early_stopping=early_stopping,
+                early_stopping_patience=early_stopping_patience,
+                start_epoch=kl_warmup_epochs,
+                on_improve=on_improve,
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=num_nodes,
+                progress_bar=progress_bar,
+                callbacks=callbacks,
+                max_time=max_time,
+                precision=precision,
+                divergence_advice=", or try likelihood='nb'",
+            )
+        except FloatingPointError:
+            self._fit_latent_axes(data, train_idx)  # for the weights the model keeps
+            raise
         self.history = outcome.history
-        self.latent_axes_fitted = False
-        self._fit_latent_axes(data, train_idx)
         n_epochs, stop_reason, elapsed = outcome.n_epochs, outcome.stop_reason, outcome.seconds
         self.trained_epochs = previous_epochs + n_epochs
         self.training_info = {
@@ -397,6 +397,7 @@ class Autoencoder(HoldsData):
         self.train_indices, self.validation_indices = train_idx, val_idx
         self.trained_categories = trained_categories
         self.is_trained = True
+        self._fit_latent_axes(data, train_idx)
         return self
 
     def _fit_latent_axes(self, data: CellData, cells: np.ndarray) -> None:
@@ -768,7 +769,7 @@ class Autoencoder(HoldsData):
         library_size: float,
         batch_size: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Latent mean and denoised expression in one pass over the data (see :meth:`get_denoised`)."""
+        """Return the latent (as :meth:`get_latent`) and denoised expression in one pass (see :meth:`get_denoised`)."""
         pos = self._gene_positions(genes)
         data = self._inputs(adata)
         target = None
@@ -865,11 +866,15 @@ class Autoencoder(HoldsData):
 
     @classmethod
     def load(cls, path: str | Path, adata: AnnData | None = None) -> Autoencoder:
-        """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its default data."""
+        """Load a model saved with :meth:`save`; ``adata`` (optional) becomes its default data.
+
+        A checkpoint (``checkpoint_dir=`` of :meth:`fit`) is saved before its latent's axes are
+        set (``rescale_latent``): load it with the AnnData it was trained on, and they are set
+        from its training cells, as the finished fit sets them.
+        """
         meta, state = read_model(path, kind="Autoencoder")
         self = cls.__new__(cls)
-        # files written before a setting existed were trained with its behaviour then, whatever today's default
-        self.config = AutoencoderConfig(**(_SETTINGS_BEFORE_SAVED | meta["config"]))
+        self.config = AutoencoderConfig.from_dict(meta["config"])
         self.setup = DataSetup(**meta["setup"])
         self.random_state = meta["random_state"]
         self.module = AutoencoderModule(self.config)
@@ -889,5 +894,12 @@ class Autoencoder(HoldsData):
         self.latent_axes_fitted = bool(meta.get("latent_axes_fitted", True))
         if self._data is not None and not self.latent_axes_fitted and self.is_trained:
             # a checkpoint: the axes from its training cells, as the finished fit sets them
+            n_cells = len(self.train_indices) + len(self.validation_indices)
+            if self._data[0].shape[0] != n_cells:
+                msg = (
+                    f"{path} is a checkpoint whose latent axes are set from its training data, {n_cells} cells, but "
+                    f"`adata` has {self._data[0].shape[0]}; pass the AnnData it was trained on."
+                )
+                raise ValueError(msg)
             self._fit_latent_axes(CellData(*self._data), self.train_indices)
         return self

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 #: Counts per cell that ``normalize_input`` scales each cell to (scanpy's ``normalize_total`` convention).
 _TARGET_SUM = 1e4
 
+#: Settings that model files of sclatent 0.1 do not record, with the behaviour those models were trained with.
+SETTINGS_BEFORE_SAVED = {"norm": "batch", "encode_covariates": True, "normalize_input": False, "rescale_latent": False}
+
+#: At most this many values (n_latent × cells × genes) are held at once by :meth:`AutoencoderModule.expression_gram`.
+_GRAM_VALUES = 2**24
+
 
 @dataclass
 class AutoencoderConfig:
@@ -62,7 +68,8 @@ class AutoencoderConfig:
     rescale_latent
         Express the latent in the decoder's metric: :meth:`~sclatent.module.AutoencoderModule.latent`
         returns the posterior mean times ``latent_axes`` (a buffer of the module),
-        which training sets from the decoder (see :meth:`~sclatent.module.AutoencoderModule.fit_latent_axes`).
+        which :meth:`sclatent.models.Autoencoder.fit` sets from the decoder at its end (see
+        :meth:`~sclatent.module.AutoencoderModule.fit_latent_axes`).
         ``False`` keeps the axes at the identity: the latent is the posterior mean itself.
     """
 
@@ -79,6 +86,15 @@ class AutoencoderConfig:
     encode_covariates: bool = True
     normalize_input: bool = True
     rescale_latent: bool = True
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> AutoencoderConfig:
+        """Return the configuration saved as ``settings`` (:meth:`to_dict`).
+
+        Files written before a setting existed were trained with its behaviour then, whatever
+        today's default: a missing setting takes that value (``SETTINGS_BEFORE_SAVED``).
+        """
+        return cls(**(SETTINGS_BEFORE_SAVED | settings))
 
     @property
     def n_covariates(self) -> int:
@@ -271,18 +287,25 @@ class AutoencoderModule(nn.Module):
     def expression_gram(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
         """Sum over cells of ``JᵀJ`` (n_latent × n_latent, float64), ``J`` the Jacobian of :meth:`expression` at ``z``.
 
-        ``J`` is genes × n_latent for each cell, computed exactly by forward-mode differentiation,
-        one latent direction at a time. Call it on batches of a few hundred cells (it holds
-        cells × genes × n_latent values) in evaluation mode.
+        ``J`` is genes × n_latent for each cell, computed exactly by forward-mode differentiation
+        (so a likelihood's ``normalized_mean`` must support it, as every :mod:`torch` operation
+        does), one latent direction at a time, on chunks of at most 256 cells whose Jacobians
+        hold at most 2**24 values. Call it in evaluation mode.
         """
-        n_latent = z.shape[1]
-        columns = []
-        for k in range(n_latent):
-            direction = torch.zeros_like(z)
-            direction[:, k] = 1.0
-            columns.append(torch.func.jvp(lambda z_: self.expression(z_, cov), (z,), (direction,))[1].reshape(-1))
-        J = torch.stack(columns)  # n_latent × (cells · genes)
-        return (J @ J.T).double()
+        n_cells, n_latent = z.shape
+        gram = torch.zeros(n_latent, n_latent, dtype=torch.float64, device=z.device)
+        chunk = max(1, min(256, _GRAM_VALUES // (n_latent * self.config.n_genes)))
+        for start in range(0, n_cells, chunk):
+            z_, cov_ = z[start : start + chunk], None if cov is None else cov[start : start + chunk]
+            columns = []
+            for k in range(n_latent):
+                direction = torch.zeros_like(z_)
+                direction[:, k] = 1.0
+                tangent = torch.func.jvp(lambda point, c=cov_: self.expression(point, c), (z_,), (direction,))[1]
+                columns.append(tangent.reshape(-1))
+            J = torch.stack(columns)  # n_latent × (cells · genes)
+            gram += (J @ J.T).double()
+        return gram
 
     @torch.no_grad()
     def fit_latent_axes(self, gram: torch.Tensor, n_cells: int) -> None:

@@ -80,7 +80,7 @@ class ClassifierModule(nn.Module):
             self.encoder = (
                 copy.deepcopy(encoder)
                 if encoder is not None
-                else AutoencoderModule(AutoencoderConfig(**config.encoder))
+                else AutoencoderModule(AutoencoderConfig.from_dict(config.encoder))
             )
             self.encoder.requires_grad_(False)
             self.encoder.eval()

@@ -200,7 +200,10 @@ class Likelihood(nn.Module):
 
     Subclass it, set :attr:`counts`, implement :meth:`forward` and :meth:`normalized_mean`,
     and register it with :func:`register_likelihood`; its name can then be passed as
-    ``likelihood=`` to :func:`sclatent.tl.autoencode`.
+    ``likelihood=`` to :func:`sclatent.tl.autoencode`. The latent's axes
+    (``rescale_latent``) come from the Jacobian of :meth:`normalized_mean`, taken by
+    forward-mode differentiation: :mod:`torch` operations support it, a custom
+    :class:`torch.autograd.Function` needs a ``jvp``.
 
     Parameters
     ----------
