@@ -39,8 +39,9 @@ EPOCHS = {2_000: 1, 4_000: 5, 10_000: 3, 100_000: 2, 200_000: 1, 1_000_000: 1}
 BATCH_SIZE = 128
 DEFAULT_BATCH_SIZE = 256  # sclatent's default
 ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "dropout_rate": 0.1}
-#: What makes sclatent's network the same as scVI's besides ARCH: scVI's encoder reads log1p of the raw counts.
-SAME_AS_SCVI = {"likelihood": "zinb", "normalize_input": False}
+#: What makes sclatent's network the same as scVI's besides ARCH: scVI's encoder reads log1p of the raw counts,
+#: and its latent is the posterior mean (no decoder axes to set after training).
+SAME_AS_SCVI = {"likelihood": "zinb", "normalize_input": False, "rescale_latent": False}
 
 
 def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
