@@ -4,7 +4,8 @@
    split and number of epochs: seconds per epoch, repeated with the order alternating.
 2. Each with its defaults: total fit time, peak memory, and Leiden NMI/ARI on each latent.
 
-Run:  python -m benchmarks.autoencode_vs_scvi (or all benchmarks: python -m benchmarks)
+Run:  python -m benchmarks --only speed  (writes docs/benchmarks/speed.md with its title and machine line;
+``python -m benchmarks.autoencode_vs_scvi --output FILE`` writes the tables alone)
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ turn, the candidate with the best mean score on the other four is picked and its
 held-out one is reported. The baselines (scVI, PCA, Harmony) come from ``quality.csv`` of the
 quality benchmark.
 
-Run:  python -m benchmarks.defaults --output docs/benchmarks/defaults.md  (``--resume`` keeps finished runs)
+Run:  python -m benchmarks --only defaults  (writes docs/benchmarks/defaults.md with its title and machine line;
+``python -m benchmarks.defaults --output FILE`` writes the tables alone); ``--resume`` keeps finished runs, ``--report-only`` trains nothing
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ defaults) are scored by `sl.tl.compare_embeddings` against three label sets:
 sclatent is trained with seeds 0, 1 and 2 (its labels are made from each seed's own latent);
 the tables give medians over the seeds.
 
-Run:  python -m benchmarks.labels --output docs/benchmarks/labels.md (or all benchmarks: python -m benchmarks)
+Run:  python -m benchmarks --only labels  (writes docs/benchmarks/labels.md with its title and machine line;
+``python -m benchmarks.labels --output FILE`` writes the tables alone)
 """
 
 from __future__ import annotations

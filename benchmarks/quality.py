@@ -5,7 +5,8 @@ the batch and covariate columns), PCA (50 components of log-normalised highly va
 the scanpy recipe) and Harmony on that PCA (harmonypy) where there are batches. Every
 embedding is scored by :func:`sclatent.tl.compare_embeddings`.
 
-Run:  python -m benchmarks.quality --output docs/benchmarks/quality.md (or all benchmarks: python -m benchmarks)
+Run:  python -m benchmarks --only quality  (writes docs/benchmarks/quality.md with its title and machine line;
+``python -m benchmarks.quality --output FILE`` writes the tables alone)
 """
 
 from __future__ import annotations

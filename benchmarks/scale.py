@@ -15,7 +15,8 @@ Memory of a default ``sl.tl.autoencode(adata, max_epochs=1)`` ("autoencode-defau
 and 1M cells) is the whole process's peak (ru_maxrss), count matrix included: the data are
 written to an h5ad first, and a fresh process reads them and trains.
 
-Run:  python -m benchmarks.scale --output docs/benchmarks/scale.md (or all benchmarks: python -m benchmarks)
+Run:  python -m benchmarks --only scale  (writes docs/benchmarks/scale.md with its title and machine line;
+``python -m benchmarks.scale --output FILE`` writes the tables alone)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ The reference order is paul15's published clusters: along the erythroid branch
 branch GMP (9GMP, 10GMP) before 14Mo, 15Mo and 16Neu. The score is the Spearman correlation of
 pseudotime with that order, from ``uns['iroot'] = 840``. sclatent is trained with several seeds.
 
-Run:  python -m benchmarks.trajectory --output docs/benchmarks/trajectory.md (or all benchmarks: python -m benchmarks)
+Run:  python -m benchmarks --only trajectory  (writes docs/benchmarks/trajectory.md with its title and machine line;
+``python -m benchmarks.trajectory --output FILE`` writes the tables alone)
 """
 
 from __future__ import annotations
