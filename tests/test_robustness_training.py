@@ -94,6 +94,77 @@ def test_a_resumed_fit_that_diverges_keeps_latent_axes_of_the_weights_it_keeps(s
     torch.testing.assert_close(model.module.latent_axes, kept)  # they are the kept weights' own
 
 
+def test_a_fit_refused_before_training_leaves_a_trained_model_usable(small):
+    model = sl.models.Autoencoder(small).fit(max_epochs=2, progress_bar=False)
+    latent = model.get_latent()
+    with pytest.raises(ValueError, match="precision"):
+        model.fit(max_epochs=2, precision="16-mixed", progress_bar=False)  # refused inside the training loop
+    assert model.latent_axes_fitted
+    np.testing.assert_array_equal(model.get_latent(), latent)
+
+
+def test_weights_that_are_not_finite_give_the_divergence_error_not_a_linear_algebra_one(small):
+    model = sl.models.Autoencoder(small).fit(max_epochs=2, progress_bar=False)
+    with torch.no_grad():
+        model.module.likelihood.scale.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"not finite.*learning_rate") as raised:
+        model._fit_latent_axes(model._inputs(None), model.train_indices)
+    assert_names_fix(raised.value)
+
+
+class NoForwardMode(torch.autograd.Function):
+    """The identity, with a backward but no forward-mode derivative (as some hand-written kernels have)."""
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def test_a_decoder_without_forward_mode_is_refused_before_training(small):
+    model = sl.models.Autoencoder(small)
+    decoded = model.module.normalized_mean
+    model.module.normalized_mean = lambda z, cov: NoForwardMode.apply(decoded(z, cov))
+    with pytest.raises(TypeError, match=r"forward-mode.*rescale_latent=False") as raised:
+        model.fit(max_epochs=2, progress_bar=False)
+    assert_names_fix(raised.value)
+    assert not model.is_trained  # no training was spent first
+    assert model.trained_epochs == 0
+    model.config.rescale_latent = False  # the way out the message names
+    model.fit(max_epochs=1, progress_bar=False)
+    assert np.isfinite(model.get_latent()).all()
+
+
+def test_models_on_the_posterior_mean_load_with_other_data(small, tmp_path):
+    model = sl.models.Autoencoder(small, rescale_latent=False)
+    model.fit(max_epochs=3, checkpoint_dir=tmp_path / "checkpoint", progress_bar=False)
+    model.save(tmp_path / "model")
+    query = small[:50].copy()
+    for name in ("model", "checkpoint"):
+        loaded = sl.models.Autoencoder.load(tmp_path / name, query)
+        assert loaded.get_latent().shape == (50, model.config.n_latent)
+    loaded = sl.models.Autoencoder.load(tmp_path / "model", query)
+    np.testing.assert_allclose(loaded.get_latent(), model.get_latent(query), rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_with_other_cells_of_the_same_number_is_refused(small, tmp_path):
+    sl.models.Autoencoder(small).fit(max_epochs=2, checkpoint_dir=tmp_path / "c", progress_bar=False)
+    other = small.copy()
+    other.X = other.X.copy()
+    other.X.data[0] += 1  # the same shape, other counts
+    with pytest.raises(ValueError, match="trained on") as raised:
+        sl.models.Autoencoder.load(tmp_path / "c", other)
+    assert_names_fix(raised.value)
+    assert sl.models.Autoencoder.load(tmp_path / "c", small).latent_axes_fitted
+
+
 class InterruptAt(Callback):
     """Sends SIGINT to this process, as Ctrl+C or Jupyter's interrupt does."""
 

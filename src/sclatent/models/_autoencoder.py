@@ -17,7 +17,7 @@ from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_layers, check_norm
 from ..train import CellData, TrainingPlan, check_fit_arguments, history_frame, holdout_split, run_fit
 from ._persist import check_checkpoint_dir, history_from_json, history_to_json, read_model, write_model
-from ._setup import MIN_GENE_OVERLAP, DataSetup, HoldsData
+from ._setup import MIN_GENE_OVERLAP, DataSetup, HoldsData, matrix_fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -330,6 +330,8 @@ class Autoencoder(HoldsData):
         on_improve = None
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
+            fingerprint = matrix_fingerprint(X)
+            data_fingerprint = None if fingerprint is None else [list(fingerprint[0]), fingerprint[1]]
 
             def on_improve(epoch: int) -> None:
                 # the checkpoint is a trained model of its own: its epoch's weights, split, history so far and settings
@@ -339,7 +341,8 @@ class Autoencoder(HoldsData):
                 meta = self._meta() | {
                     "is_trained": True,
                     # setting the axes at every improvement would cost more than training small data: on load
-                    "latent_axes_fitted": False,
+                    "latent_axes_fitted": not self.config.rescale_latent,
+                    "data_fingerprint": data_fingerprint,
                     "trained_epochs": previous_epochs + epoch + 1,
                     "trained_categories": trained_categories,
                     "training_info": info | {"trained_epochs_total": previous_epochs + epoch + 1} | settings,
@@ -349,6 +352,7 @@ class Autoencoder(HoldsData):
                 }
                 write_model(checkpoint_dir, meta, self.module, kind="Autoencoder", overwrite=True)
 
+        self._check_axes_differentiable(data, train_idx[:1])  # before training, not after it
         self.latent_axes_fitted = False  # the weights change from here
         try:
             outcome = run_fit(
@@ -373,8 +377,14 @@ class Autoencoder(HoldsData):
                 precision=precision,
                 divergence_advice=", or try likelihood='nb'",
             )
-        except FloatingPointError:
-            self._fit_latent_axes(data, train_idx)  # for the weights the model keeps
+        except BaseException as error:
+            # a fit that ends with an error keeps weights (a trained model's, or the best before diverging):
+            # axes for them, unless they are not finite; the error itself is what the user sees
+            if self.is_trained or isinstance(error, FloatingPointError):
+                try:
+                    self._fit_latent_axes(data, train_idx)
+                except Exception:
+                    self.latent_axes_fitted = False
             raise
         self.history = outcome.history
         n_epochs, stop_reason, elapsed = outcome.n_epochs, outcome.stop_reason, outcome.seconds
@@ -411,7 +421,10 @@ class Autoencoder(HoldsData):
         if module.trains_new_columns_only:
             self.latent_axes_fitted = True  # the reference's axes, which mapping keeps
             return
-        if not self.config.rescale_latent or len(cells) == 0:
+        if not self.config.rescale_latent:
+            self.latent_axes_fitted = True  # the posterior mean, which needs no axes
+            return
+        if len(cells) == 0:
             return
         rng = np.random.default_rng(self.random_state)
         cells = np.sort(rng.choice(cells, min(len(cells), LATENT_AXES_CELLS), replace=False))
@@ -428,12 +441,36 @@ class Autoencoder(HoldsData):
         module.train(training)
         self.latent_axes_fitted = True
 
+    def _check_axes_differentiable(self, data: CellData, cells: np.ndarray) -> None:
+        """Raise before training if the decoder cannot be differentiated forward-mode, as setting the axes needs."""
+        module = self.module
+        if not self.config.rescale_latent or module.trains_new_columns_only or len(cells) == 0:
+            return
+        training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        try:
+            with torch.no_grad():
+                batch = {k: v.to(device) for k, v in data[cells].items()}
+                cov = module.covariates(batch)
+                module.expression_gram(module.encode(batch["x"], cov, batch["library"])[0], cov)
+        except (RuntimeError, NotImplementedError) as error:
+            msg = (
+                f"the latent's axes (`rescale_latent=True`) need the decoder's Jacobian by forward-mode "
+                f"differentiation, which likelihood {self.config.likelihood!r} does not support ({error}); "
+                "give its `normalized_mean` a forward-mode derivative (`jvp`), or pass `rescale_latent=False`."
+            )
+            raise TypeError(msg) from error
+        finally:
+            module.train(training)
+
     def check_latent_axes(self) -> None:
-        """Raise unless the latent's axes fit the weights (a checkpoint loaded without its training data has none yet)."""
+        """Raise unless the latent's axes fit the weights."""
         if self.config.rescale_latent and self.is_trained and not self.latent_axes_fitted:
             msg = (
-                "this model was saved during training (a checkpoint), before its latent axes were set from its "
-                "training data (`rescale_latent=True`); load it with that data: `Autoencoder.load(path, adata)`."
+                "the latent's axes (`rescale_latent=True`) are not set for this model's weights: it is a checkpoint "
+                "saved during training, or its last fit ended with an error. Load a checkpoint with the data it was "
+                "trained on (`Autoencoder.load(path, adata)`), or fit the model again."
             )
             raise ValueError(msg)
 
@@ -892,13 +929,18 @@ class Autoencoder(HoldsData):
         self._data = self.setup.read(adata) if adata is not None else None
         # files without the entry: sclatent 0.1's, whose latent is the posterior mean
         self.latent_axes_fitted = bool(meta.get("latent_axes_fitted", True))
-        if self._data is not None and not self.latent_axes_fitted and self.is_trained:
+        if self._data is not None and not self.latent_axes_fitted and self.is_trained and self.config.rescale_latent:
             # a checkpoint: the axes from its training cells, as the finished fit sets them
             n_cells = len(self.train_indices) + len(self.validation_indices)
-            if self._data[0].shape[0] != n_cells:
+            saved, now = meta.get("data_fingerprint"), matrix_fingerprint(self._data[0])
+            same = self._data[0].shape[0] == n_cells and (
+                saved is None or now is None or (list(now[0]), now[1]) == (saved[0], saved[1])
+            )
+            if not same:
                 msg = (
-                    f"{path} is a checkpoint whose latent axes are set from its training data, {n_cells} cells, but "
-                    f"`adata` has {self._data[0].shape[0]}; pass the AnnData it was trained on."
+                    f"{path} is a checkpoint whose latent axes are set from its training data ({n_cells} cells), "
+                    f"but `adata` holds other data ({self._data[0].shape[0]} cells); pass the AnnData it was "
+                    "trained on."
                 )
                 raise ValueError(msg)
             self._fit_latent_axes(CellData(*self._data), self.train_indices)

@@ -274,7 +274,8 @@ class AutoencoderModule(nn.Module):
 
     def latent_to_mean(self, latent: torch.Tensor) -> torch.Tensor:
         """Return the posterior-mean coordinates of points of :meth:`latent` (its inverse), e.g. to decode them."""
-        return torch.linalg.solve(self.latent_axes.T, latent.T).T
+        # in float64: the axes' scales span several orders of magnitude where the decoder is nearly flat
+        return torch.linalg.solve(self.latent_axes.T.double(), latent.T.double()).T.to(latent.dtype)
 
     def expression(self, z: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
         """Return the decoded expression the latent's metric is measured in: ``log1p`` of expression per 10,000 counts.
@@ -290,7 +291,8 @@ class AutoencoderModule(nn.Module):
         ``J`` is genes × n_latent for each cell, computed exactly by forward-mode differentiation
         (so a likelihood's ``normalized_mean`` must support it, as every :mod:`torch` operation
         does), one latent direction at a time, on chunks of at most 256 cells whose Jacobians
-        hold at most 2**24 values. Call it in evaluation mode.
+        hold at most 2**24 values (one cell at a time when a cell's Jacobian alone holds more).
+        Call it in evaluation mode.
         """
         n_cells, n_latent = z.shape
         gram = torch.zeros(n_latent, n_latent, dtype=torch.float64, device=z.device)
@@ -318,6 +320,12 @@ class AutoencoderModule(nn.Module):
         much expression they change, as principal components are. Each axis's sign makes its
         largest entry positive.
         """
+        if not torch.isfinite(gram).all():
+            msg = (
+                "the decoder's Jacobian is not finite at these weights (training diverged), so the latent's axes "
+                "cannot be set; train with a lower `learning_rate`, or pass `rescale_latent=False`."
+            )
+            raise FloatingPointError(msg)
         eigenvalues, vectors = torch.linalg.eigh(gram / max(n_cells, 1))
         order = torch.argsort(eigenvalues, descending=True)
         vectors = vectors[:, order]
