@@ -5,7 +5,7 @@ one's counts redrawn from a Poisson around its own) and written to an h5ad chunk
 that the file is never held in memory here. Each run is a fresh process that opens the file,
 either with ``backed="r"`` (from disk, out of core) or read whole (in memory), and runs a default
 ``sl.tl.autoencode(adata, max_epochs=1)`` (10% of the cells held out for validation, the
-denoised layer left out by the size rule). Peak memory is the process's ``ru_maxrss``: the
+denoised layer left out by the size rule). Peak memory is the process's ``VmHWM``: the
 libraries, the data and the training together.
 
 Run:  python -m benchmarks --only disk
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from lightning.pytorch.callbacks import Callback
+
+from benchmarks.scale import EpochTimer, peak_rss_mb
 
 SIZES = (200_000, 2_000_000)
 
@@ -63,7 +64,7 @@ class TrainingPeak(Callback):
     peak_mb = float("nan")
 
     def on_train_end(self, trainer, pl_module):
-        self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.peak_mb = peak_rss_mb()
 
 
 def worker(path: str, where: str) -> dict:
@@ -74,13 +75,12 @@ def worker(path: str, where: str) -> dict:
     import anndata as ad
 
     import sclatent as sl
-    from benchmarks.scale import EpochTimer
 
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     start = time.perf_counter()
     adata = ad.read_h5ad(path, backed="r" if where == "disk" else None)
-    opened_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    opened_mb = peak_rss_mb()
     timer, training = EpochTimer(), TrainingPeak()
     sl.tl.autoencode(adata, max_epochs=1, progress_bar=False, callbacks=[timer, training])
     info = adata.uns["sclatent"]["training"]
@@ -92,7 +92,7 @@ def worker(path: str, where: str) -> dict:
         "cells_per_s": info["n_train_cells"] / timer.times[0],
         "rss_after_open_mb": opened_mb,
         "training_peak_rss_mb": training.peak_mb,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "seconds": time.perf_counter() - start,
         "batches": info["batches"],
         "file_mb": Path(path).stat().st_size / 2**20,
@@ -118,7 +118,7 @@ def report(results: list[dict], missing: list[str]) -> list[str]:
         "by chunk. Each row is a fresh process running a default `sl.tl.autoencode(adata, max_epochs=1)` on "
         'the file opened with `backed="r"` (*disk*) or read whole (*memory*). *cells/s* is the training '
         "epoch's: the 90% of cells it trains on, over the epoch's time with the validation pass of the other 10%. "
-        "RSS is the whole process's peak (`ru_maxrss`: libraries, data, training): after opening the file, "
+        "RSS is the whole process's peak (`VmHWM`: libraries, data, training): after opening the file, "
         "when training ends, and at the end (the latent written back, 20 floats a cell).",
         "",
         "| cells | where | file MB | cells/s | epoch s | RSS after opening MB | RSS when training ends MB "
