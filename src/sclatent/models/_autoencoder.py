@@ -417,8 +417,7 @@ class Autoencoder(HoldsData):
         covariates. Nothing changes without ``rescale_latent``, or while mapping a query
         (the reference's latent must not move).
         """
-        module = self.module
-        if module.trains_new_columns_only:
+        if self.module.trains_new_columns_only:
             self.latent_axes_fitted = True  # the reference's axes, which mapping keeps
             return
         if not self.config.rescale_latent:
@@ -428,32 +427,36 @@ class Autoencoder(HoldsData):
             return
         rng = np.random.default_rng(self.random_state)
         cells = np.sort(rng.choice(cells, min(len(cells), LATENT_AXES_CELLS), replace=False))
+        self.module.fit_latent_axes(self._decoder_gram(data, cells), len(cells))
+        self.latent_axes_fitted = True
+
+    def _decoder_gram(self, data: CellData, cells: np.ndarray) -> torch.Tensor:
+        """Return the decoder's :meth:`~sclatent.module.AutoencoderModule.expression_gram` summed over ``cells``.
+
+        Each cell is encoded and the Jacobian taken at its posterior mean, with its own
+        covariates, in evaluation mode, 256 cells at a time; returned on the CPU.
+        """
+        module = self.module
         training = module.training
         module.eval()
         device = next(module.parameters()).device
         gram = torch.zeros(self.config.n_latent, self.config.n_latent, dtype=torch.float64, device=device)
-        with torch.no_grad():
-            for start in range(0, len(cells), 256):
-                batch = {k: v.to(device) for k, v in data[cells[start : start + 256]].items()}
-                cov = module.covariates(batch)
-                gram += module.expression_gram(module.encode(batch["x"], cov, batch["library"])[0], cov)
-        module.fit_latent_axes(gram.cpu(), len(cells))
-        module.train(training)
-        self.latent_axes_fitted = True
+        try:
+            with torch.no_grad():
+                for start in range(0, len(cells), 256):
+                    batch = {k: v.to(device) for k, v in data[cells[start : start + 256]].items()}
+                    cov = module.covariates(batch)
+                    gram += module.expression_gram(module.encode(batch["x"], cov, batch["library"])[0], cov)
+        finally:
+            module.train(training)
+        return gram.cpu()
 
     def _check_axes_differentiable(self, data: CellData, cells: np.ndarray) -> None:
         """Raise before training if the decoder cannot be differentiated forward-mode, as setting the axes needs."""
-        module = self.module
-        if not self.config.rescale_latent or module.trains_new_columns_only or len(cells) == 0:
+        if not self.config.rescale_latent or self.module.trains_new_columns_only or len(cells) == 0:
             return
-        training = module.training
-        module.eval()
-        device = next(module.parameters()).device
         try:
-            with torch.no_grad():
-                batch = {k: v.to(device) for k, v in data[cells].items()}
-                cov = module.covariates(batch)
-                module.expression_gram(module.encode(batch["x"], cov, batch["library"])[0], cov)
+            self._decoder_gram(data, cells)
         except (RuntimeError, NotImplementedError) as error:
             msg = (
                 f"the latent's axes (`rescale_latent=True`) need the decoder's Jacobian by forward-mode "
@@ -461,8 +464,6 @@ class Autoencoder(HoldsData):
                 "give its `normalized_mean` a forward-mode derivative (`jvp`), or pass `rescale_latent=False`."
             )
             raise TypeError(msg) from error
-        finally:
-            module.train(training)
 
     def check_latent_axes(self) -> None:
         """Raise unless the latent's axes fit the weights."""
