@@ -162,7 +162,17 @@ def test_a_checkpoint_with_other_cells_of_the_same_number_is_refused(small, tmp_
     with pytest.raises(ValueError, match="trained on") as raised:
         sl.models.Autoencoder.load(tmp_path / "c", other)
     assert_names_fix(raised.value)
+    reordered = small[np.r_[1, 0, 2 : small.n_obs]].copy()  # the same cells and counts, two of them swapped
+    with pytest.raises(ValueError, match="trained on"):
+        sl.models.Autoencoder.load(tmp_path / "c", reordered)
     assert sl.models.Autoencoder.load(tmp_path / "c", small).latent_axes_fitted
+    # a checkpoint of the release before, which recorded the shape and the sum of the stored counts only
+    meta = json.loads((tmp_path / "c" / "config.json").read_text())
+    meta["data_fingerprint"] = [list(small.shape), float(np.sum(small.X.data, dtype=np.float64))]
+    (tmp_path / "c" / "config.json").write_text(json.dumps(meta))
+    assert sl.models.Autoencoder.load(tmp_path / "c", small).latent_axes_fitted
+    with pytest.raises(ValueError, match="trained on"):
+        sl.models.Autoencoder.load(tmp_path / "c", other)
 
 
 class InterruptAt(Callback):

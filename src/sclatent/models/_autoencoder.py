@@ -17,7 +17,7 @@ from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
 from ..nn._base import check_layers, check_norm
 from ..train import CellData, TrainingPlan, check_fit_arguments, history_frame, holdout_split, run_fit
 from ._persist import check_checkpoint_dir, history_from_json, history_to_json, read_model, write_model
-from ._setup import MIN_GENE_OVERLAP, DataSetup, HoldsData, matrix_fingerprint
+from ._setup import MIN_GENE_OVERLAP, DataSetup, HoldsData, cells_fingerprint, matrix_fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -330,8 +330,7 @@ class Autoencoder(HoldsData):
         on_improve = None
         if checkpoint_dir is not None:
             checkpoint_dir = Path(checkpoint_dir)
-            fingerprint = matrix_fingerprint(X)
-            data_fingerprint = None if fingerprint is None else [list(fingerprint[0]), fingerprint[1]]
+            data_fingerprint = cells_fingerprint(X, library)
 
             def on_improve(epoch: int) -> None:
                 # the checkpoint is a trained model of its own: its epoch's weights, split, history so far and settings
@@ -933,15 +932,18 @@ class Autoencoder(HoldsData):
         if self._data is not None and not self.latent_axes_fitted and self.is_trained and self.config.rescale_latent:
             # a checkpoint: the axes from its training cells, as the finished fit sets them
             n_cells = len(self.train_indices) + len(self.validation_indices)
-            saved, now = meta.get("data_fingerprint"), matrix_fingerprint(self._data[0])
-            same = self._data[0].shape[0] == n_cells and (
-                saved is None or now is None or (list(now[0]), now[1]) == (saved[0], saved[1])
-            )
+            saved = meta.get("data_fingerprint")
+            if saved is not None and len(saved) == 2:  # written before the cells' order was recorded: shape and sum
+                now = matrix_fingerprint(self._data[0])
+                now = saved if now is None else [list(now[0]), now[1]]
+            else:
+                now = cells_fingerprint(*self._data[:2])
+            same = self._data[0].shape[0] == n_cells and (saved is None or now == saved)
             if not same:
                 msg = (
                     f"{path} is a checkpoint whose latent axes are set from its training data ({n_cells} cells), "
-                    f"but `adata` holds other data ({self._data[0].shape[0]} cells); pass the AnnData it was "
-                    "trained on."
+                    f"but `adata` holds other data ({self._data[0].shape[0]} cells; other counts, or the cells in "
+                    "another order); pass the AnnData it was trained on, with its cells in the same order."
                 )
                 raise ValueError(msg)
             self._fit_latent_axes(CellData(*self._data), self.train_indices)

@@ -50,6 +50,17 @@ def matrix_fingerprint(X) -> tuple[tuple[int, ...], float] | None:
     return None
 
 
+def cells_fingerprint(X, library: np.ndarray) -> list:
+    """Return the matrix's shape, its cells' total count and their counts weighted by position, as JSON-ready values.
+
+    Made from the library sizes the model reads anyway (also for backed data): other cells, other
+    counts or the same cells in another order give another fingerprint.
+    """
+    library = np.asarray(library, dtype=np.float64).ravel()
+    position = np.arange(1, library.size + 1, dtype=np.float64) / max(library.size, 1)
+    return [list(X.shape), float(library.sum()), float(position @ library)]
+
+
 class HoldsData:
     """The data a model was given, kept without a copy and checked, before each use, for changes made in place since."""
 
