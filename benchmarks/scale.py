@@ -65,19 +65,30 @@ def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
     return ad.AnnData(X=counts, var=base.var[[]].copy())
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB since it started its program (``VmHWM``).
 
     Not ``ru_maxrss``: Linux keeps that across ``exec``, so a worker started by a parent that
     holds gigabytes would report the parent's size.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB now (``VmRSS``; NaN where /proc is missing)."""
+    now = _status_mb("VmRSS")
+    return float("nan") if now is None else now
 
 
 class EpochTimer(Callback):
