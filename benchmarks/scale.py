@@ -5,6 +5,13 @@ replacement and each one's counts are redrawn from a Poisson around its own coun
 data keep real genes, sparsity and library sizes. Each tool and size runs in its own
 process, so that peak memory (VmHWM) belongs to that run alone.
 
+This machine's speed swings by up to 1.5× for tens of seconds at a time, from outside the
+process (one process training without pause went from 13,500 to 9,000 cells/s and back). So
+below 1M cells every tool runs in ``ROUNDS`` rounds, the tools in turn and their order rotated
+each round; ratios are taken within a round (runs next to each other in time) and the page
+gives their median and range. At 1M cells an epoch lasts minutes, longer than the swings, and
+one round is run.
+
 "sclatent" and "scvi" use the same architecture and settings: ZINB, 1 hidden layer of 128,
 10 latent dimensions, batch size 128, no validation split, no early stopping.
 "sclatent-default" runs with sclatent's default batch size (256), against scVI's default (128).
@@ -36,7 +43,12 @@ from lightning.pytorch.callbacks import Callback
 
 SIZES = (4_000, 10_000, 100_000, 1_000_000)
 MEMORY_SIZES = (200_000, 1_000_000)
-EPOCHS = {2_000: 1, 4_000: 5, 10_000: 3, 100_000: 2, 200_000: 1, 1_000_000: 1}
+EPOCHS = {2_000: 1, 4_000: 10, 10_000: 5, 100_000: 2, 200_000: 1, 1_000_000: 1}
+#: Rounds of every tool at each size (the tools in turn, order rotated each round).
+ROUNDS = {4_000: 3, 10_000: 3, 100_000: 3, 1_000_000: 1}
+#: The tools run at each size: the same settings as scVI everywhere, the default batch size and bfloat16 at some.
+TOOLS = ("sclatent", "scvi")
+MORE_TOOLS = ("sclatent-default", "sclatent-bf16", "sclatent-default-bf16")
 BATCH_SIZE = 128
 DEFAULT_BATCH_SIZE = 256  # sclatent's default
 ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "dropout_rate": 0.1}
@@ -292,6 +304,22 @@ def per_epoch(result: dict) -> float:
     return float(np.median(times[1:] if len(times) > 1 else times))
 
 
+def rounds_of(results: list[dict], tool: str, n_cells: int) -> dict[int, dict]:
+    """The runs of ``tool`` at ``n_cells`` by round."""
+    return {r.get("round", 0): r for r in results if r["tool"] == tool and r["n_cells"] == n_cells}
+
+
+def median_epoch(results: list[dict], tool: str, n_cells: int) -> float:
+    """Median over rounds of :func:`per_epoch`."""
+    return float(np.median([per_epoch(r) for r in rounds_of(results, tool, n_cells).values()]))
+
+
+def ratios(results: list[dict], tool: str, n_cells: int) -> list[float]:
+    """scVI's seconds per epoch over ``tool``'s, round by round (runs of one round are next to each other in time)."""
+    ours, theirs = rounds_of(results, tool, n_cells), rounds_of(results, "scvi", n_cells)
+    return [per_epoch(theirs[k]) / per_epoch(ours[k]) for k in sorted(ours) if k in theirs]
+
+
 def plot(results: list[dict], path: Path) -> None:
     """Seconds per epoch and peak memory against cells, log-log."""
     import matplotlib
@@ -301,16 +329,16 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for tool, marker in (("sclatent", "o"), ("scvi", "s")):  # the same settings at every size
-        rs = [r for r in results if r["tool"] == tool]
-        if not rs:
+        n = sorted({r["n_cells"] for r in results if r["tool"] == tool})
+        if not n:
             continue
-        n = [r["n_cells"] for r in rs]
-        axes[0].loglog(n, [per_epoch(r) for r in rs], marker=marker, label=tool)
-        axes[1].loglog(n, [r["train_peak_mb"] / 1024 for r in rs], marker=marker, label=tool)
+        axes[0].loglog(n, [median_epoch(results, tool, m) for m in n], marker=marker, label=tool)
+        peaks = [max(r["train_peak_mb"] for r in rounds_of(results, tool, m).values()) / 1024 for m in n]
+        axes[1].loglog(n, peaks, marker=marker, label=tool)
     n = np.array(SIZES, dtype=float)
-    ref = [r for r in results if r["tool"] == "sclatent" and r["n_cells"] == SIZES[0]]
-    if ref:
-        axes[0].loglog(n, per_epoch(ref[0]) * n / n[0], "k:", linewidth=1, label="linear in cells")
+    if rounds_of(results, "sclatent", SIZES[0]):
+        ref = median_epoch(results, "sclatent", SIZES[0])
+        axes[0].loglog(n, ref * n / n[0], "k:", linewidth=1, label="linear in cells")
     axes[0].set(xlabel="cells", ylabel="seconds per epoch")
     axes[1].set(xlabel="cells", ylabel="peak RSS during training (GB)")
     for ax in axes:
@@ -321,17 +349,33 @@ def plot(results: list[dict], path: Path) -> None:
 
 def report(results: list[dict], missing: list[str], figure: str, memory: list[dict] = ()) -> list[str]:
     """Markdown tables: cost per size, scVI / sclatent ratios, where time and memory go."""
-    by = {(r["tool"], r["n_cells"]): r for r in results}
+    runs = {(r["tool"], r["n_cells"]): rounds_of(results, r["tool"], r["n_cells"]) for r in results}
+    later = [r["epoch_s"][1:] for r in results if len(r["epoch_s"]) > 2]  # the first epoch warms up
+    swing = max((max(t) / min(t) for t in later), default=1.0)
+    rounds = {
+        n: max(r.get("round", 0) for r in results if r["n_cells"] == n) + 1 for n in {r["n_cells"] for r in results}
+    }
     lines = [
-        "| tool | cells | nnz | batch size | epochs timed | s/epoch | cells/s | peak RSS during training (GB) | count matrix (GB) | process peak, data preparation included (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "This machine's speed swings for tens of seconds at a time, from outside the process: within one run "
+        f"of one tool, the slowest epoch after the first took up to {swing:.1f}× as long as the fastest. So each tool runs in rounds "
+        f"({', '.join(f'{k} at {n:,} cells' for n, k in sorted(rounds.items()))}), the tools in turn, their order "
+        "rotated each round, and scVI's ratios are taken within a round, between runs next to each other in time.",
+        "",
+        "s/epoch and cells/s are medians over the rounds; the rounds' own cells/s follow them. Memory is the "
+        "largest of the rounds.",
+        "",
+        "| tool | cells | nnz | batch size | epochs timed per round | rounds | s/epoch | cells/s | cells/s in each round "
+        "| peak RSS during training (GB) | count matrix (GB) | process peak, data preparation included (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        s = per_epoch(r)
-        batch = batch_size_of(r["tool"])
+    for (tool, n), by_round in sorted(runs.items(), key=lambda item: (item[0][1], list(runs).index(item[0]))):
+        rs = [by_round[k] for k in sorted(by_round)]
+        s = median_epoch(results, tool, n)
+        each = ", ".join(f"{n / per_epoch(r):,.0f}" for r in rs)
         lines.append(
-            f"| {r['tool']} | {r['n_cells']:,} | {r['nnz']:,} | {batch} | {len(r['epoch_s'])} | {s:.2f} | {r['n_cells'] / s:,.0f} "
-            f"| {r['train_peak_mb'] / 1024:.2f} | {r['data_mb'] / 1024:.2f} | {r['peak_rss_mb'] / 1024:.2f} |"
+            f"| {tool} | {n:,} | {rs[0]['nnz']:,} | {batch_size_of(tool)} | {len(rs[0]['epoch_s'])} | {len(rs)} | {s:.2f} "
+            f"| {n / s:,.0f} | {each} | {max(r['train_peak_mb'] for r in rs) / 1024:.2f} | {rs[0]['data_mb'] / 1024:.2f} "
+            f"| {max(r['peak_rss_mb'] for r in rs) / 1024:.2f} |"
         )
     if memory:
         lines += [
@@ -350,31 +394,38 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
             ],
         ]
     lines += ["", *[f"- Did not finish: {m}" for m in missing], ""]
-    lines += ["| cells | scVI s/epoch ÷ sclatent s/epoch (= sclatent's cells/s ÷ scVI's) |", "|---|---|"]
+    lines += [
+        "scVI's s/epoch ÷ sclatent's (= sclatent's cells/s ÷ scVI's), taken within each round:",
+        "",
+        "| cells | setting | median | each round |",
+        "|---|---|---|---|",
+    ]
+    settings = (
+        ("sclatent", "both at batch size 128"),
+        ("sclatent-default", "each at its default batch size (256 and 128)"),
+        ("sclatent-bf16", "both at batch size 128, sclatent with `precision='bf16-mixed'`"),
+        (
+            "sclatent-default-bf16",
+            "each at its default batch size (256 and 128), sclatent with `precision='bf16-mixed'`",
+        ),
+    )
     for n in SIZES:
-        if ("sclatent", n) in by and ("scvi", n) in by:
-            lines.append(
-                f"| {n:,}, both at batch size 128 | {per_epoch(by['scvi', n]) / per_epoch(by['sclatent', n]):.2f}× |"
-            )
-        if ("sclatent-default", n) in by and ("scvi", n) in by:
-            ratio = per_epoch(by["scvi", n]) / per_epoch(by["sclatent-default", n])
-            lines.append(f"| {n:,}, each at its default batch size (256 and 128) | {ratio:.2f}× |")
-        for tool, what in (
-            ("sclatent-bf16", "both at batch size 128"),
-            ("sclatent-default-bf16", "each at its default batch size (256 and 128)"),
-        ):
-            if (tool, n) in by and ("scvi", n) in by:
-                ratio = per_epoch(by["scvi", n]) / per_epoch(by[tool, n])
-                lines.append(f"| {n:,}, {what}, sclatent with `precision='bf16-mixed'` | {ratio:.2f}× |")
-    ours = [by["sclatent", n] for n in SIZES if ("sclatent", n) in by]
-    if len(ours) > 1:
-        slope = np.polyfit(np.log([r["n_cells"] for r in ours]), np.log([per_epoch(r) for r in ours]), 1)[0]
+        for tool, what in settings:
+            each = ratios(results, tool, n)
+            if each:
+                lines.append(f"| {n:,} | {what} | {np.median(each):.2f}× | {', '.join(f'{x:.2f}×' for x in each)} |")
+    lines.append("")
+    sizes = [n for n in SIZES if rounds_of(results, "sclatent", n)]
+    ours = [rounds_of(results, "sclatent", n)[min(rounds_of(results, "sclatent", n))] for n in sizes]
+    if len(sizes) > 1:
+        medians = [median_epoch(results, "sclatent", n) for n in sizes]
+        slope = np.polyfit(np.log(sizes), np.log(medians), 1)[0]
         lines += ["", f"sclatent's time per epoch grows as cells^{slope:.2f} (1.00 is linear).", ""]
     if ours:
         lines += [
             "## Where memory goes (sclatent)",
             "",
-            "Resident memory sampled every 10 ms. When training starts, the process holds Python, torch, scanpy "
+            "Resident memory sampled every 10 ms, in each size's first round. When training starts, the process holds Python, torch, scanpy "
             "and the count matrix (plus memory left over from making the data, which the allocator keeps); "
             "training adds the model, the optimiser, the library sizes and one batch at a time.",
             "",
@@ -398,7 +449,8 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
             f"{r['loading_only_s']:.2f} s against {epoch:.2f} s for a training epoch: loading is "
             f"{100 * r['loading_only_s'] / epoch:.0f}% of an epoch.",
             "",
-            "torch.profiler over 300 training steps (forward, backward, Adam; data loading included), ops by self CPU time:",
+            "torch.profiler over 300 training steps (forward, backward, Adam; data loading included), ops by self CPU time. "
+            "The profiler's own cost per op and the machine's swings move these shares from run to run: read them as a rough guide.",
             "",
             "| op | % of CPU time |",
             "|---|---|",
@@ -416,6 +468,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--memory", metavar="H5AD", help=argparse.SUPPRESS)
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=list(MEMORY_SIZES))
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=None, help="rounds at every size (default: ROUNDS)")
     parser.add_argument("--scvi-timeout", type=float, default=1200, help="seconds allowed per scVI run")
     parser.add_argument("--output", type=Path, default=None, help="markdown file; the plot goes next to it")
     args = parser.parse_args(argv)
@@ -428,20 +481,19 @@ def main(argv: list[str] | None = None) -> list[str]:
         return []
     results, missing = [], []
     for n in args.sizes:
-        tools = ("sclatent", "scvi")
-        if n in (4_000, 100_000, 1_000_000):
-            tools += ("sclatent-default", "sclatent-bf16", "sclatent-default-bf16")
-        for tool in tools:
-            r = run(
-                tool,
-                n,
-                timeout=args.scvi_timeout if tool == "scvi" else 3600,
-                profile=tool == "sclatent" and n == 100_000,
-            )
-            if r is None:
-                missing.append(f"{tool} at {n:,} cells")
-            else:
-                results.append(r)
+        tools = TOOLS + (MORE_TOOLS if n in (4_000, 100_000, 1_000_000) else ())
+        for k in range(ROUNDS.get(n, 1) if args.rounds is None else args.rounds):
+            for tool in tools[k % len(tools) :] + tools[: k % len(tools)]:
+                r = run(
+                    tool,
+                    n,
+                    timeout=args.scvi_timeout if tool == "scvi" else 3600,
+                    profile=tool == "sclatent" and n == 100_000 and k == 0,
+                )
+                if r is None:
+                    missing.append(f"{tool} at {n:,} cells, round {k + 1}")
+                else:
+                    results.append(r | {"round": k})
     memory = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.memory_sizes:
