@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 from lightning.pytorch.callbacks import Callback
 
-from benchmarks.scale import EpochTimer, peak_rss_mb, rss_mb
+from benchmarks.scale import EpochTimer, in_turn, peak_rss_mb, rss_mb
 
 SIZES = (200_000, 2_000_000)
 #: Rounds of the two ways at each size (an epoch of 2M cells lasts minutes, longer than the machine's swings).
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             path = Path(tmp) / f"cells_{n}.h5ad"
             write_resampled(path, n)
             for k in range(ROUNDS.get(n, 1) if args.rounds is None else args.rounds):
-                for where in ("disk", "memory")[:: 1 if k % 2 == 0 else -1]:
+                for where in in_turn(("disk", "memory"), k):
                     r = run(path, where)
                     if r is None:
                         missing.append(f"{where} at {n:,} cells, round {k + 1}")

@@ -304,6 +304,11 @@ def per_epoch(result: dict) -> float:
     return float(np.median(times[1:] if len(times) > 1 else times))
 
 
+def in_turn(items: tuple, k: int) -> tuple:
+    """``items`` in the order of round ``k``: rotated by ``k``, so that no item always runs first."""
+    return items[k % len(items) :] + items[: k % len(items)]
+
+
 def rounds_of(results: list[dict], tool: str, n_cells: int) -> dict[int, dict]:
     """The runs of ``tool`` at ``n_cells`` by round."""
     return {r.get("round", 0): r for r in results if r["tool"] == tool and r["n_cells"] == n_cells}
@@ -349,7 +354,6 @@ def plot(results: list[dict], path: Path) -> None:
 
 def report(results: list[dict], missing: list[str], figure: str, memory: list[dict] = ()) -> list[str]:
     """Markdown tables: cost per size, scVI / sclatent ratios, where time and memory go."""
-    runs = {(r["tool"], r["n_cells"]): rounds_of(results, r["tool"], r["n_cells"]) for r in results}
     later = [r["epoch_s"][1:] for r in results if len(r["epoch_s"]) > 2]  # the first epoch warms up
     swing = max((max(t) / min(t) for t in later), default=1.0)
     rounds = {
@@ -368,15 +372,19 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
         "| peak RSS during training (GB) | count matrix (GB) | process peak, data preparation included (GB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (tool, n), by_round in sorted(runs.items(), key=lambda item: (item[0][1], list(runs).index(item[0]))):
-        rs = [by_round[k] for k in sorted(by_round)]
-        s = median_epoch(results, tool, n)
-        each = ", ".join(f"{n / per_epoch(r):,.0f}" for r in rs)
-        lines.append(
-            f"| {tool} | {n:,} | {rs[0]['nnz']:,} | {batch_size_of(tool)} | {len(rs[0]['epoch_s'])} | {len(rs)} | {s:.2f} "
-            f"| {n / s:,.0f} | {each} | {max(r['train_peak_mb'] for r in rs) / 1024:.2f} | {rs[0]['data_mb'] / 1024:.2f} "
-            f"| {max(r['peak_rss_mb'] for r in rs) / 1024:.2f} |"
-        )
+    for n in sorted(rounds):
+        for tool in TOOLS + MORE_TOOLS:
+            by_round = rounds_of(results, tool, n)
+            if not by_round:
+                continue
+            rs = [by_round[k] for k in sorted(by_round)]
+            s = median_epoch(results, tool, n)
+            each = ", ".join(f"{n / per_epoch(r):,.0f}" for r in rs)
+            lines.append(
+                f"| {tool} | {n:,} | {rs[0]['nnz']:,} | {batch_size_of(tool)} | {len(rs[0]['epoch_s'])} | {len(rs)} | {s:.2f} "
+                f"| {n / s:,.0f} | {each} | {max(r['train_peak_mb'] for r in rs) / 1024:.2f} | {rs[0]['data_mb'] / 1024:.2f} "
+                f"| {max(r['peak_rss_mb'] for r in rs) / 1024:.2f} |"
+            )
     if memory:
         lines += [
             "",
@@ -416,7 +424,7 @@ def report(results: list[dict], missing: list[str], figure: str, memory: list[di
                 lines.append(f"| {n:,} | {what} | {np.median(each):.2f}× | {', '.join(f'{x:.2f}×' for x in each)} |")
     lines.append("")
     sizes = [n for n in SIZES if rounds_of(results, "sclatent", n)]
-    ours = [rounds_of(results, "sclatent", n)[min(rounds_of(results, "sclatent", n))] for n in sizes]
+    ours = [min(rounds_of(results, "sclatent", n).items())[1] for n in sizes]  # each size's first round
     if len(sizes) > 1:
         medians = [median_epoch(results, "sclatent", n) for n in sizes]
         slope = np.polyfit(np.log(sizes), np.log(medians), 1)[0]
@@ -483,7 +491,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     for n in args.sizes:
         tools = TOOLS + (MORE_TOOLS if n in (4_000, 100_000, 1_000_000) else ())
         for k in range(ROUNDS.get(n, 1) if args.rounds is None else args.rounds):
-            for tool in tools[k % len(tools) :] + tools[: k % len(tools)]:
+            for tool in in_turn(tools, k):
                 r = run(
                     tool,
                     n,
