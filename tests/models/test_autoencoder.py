@@ -300,6 +300,13 @@ def test_bad_fit_settings_fail_before_training(pbmc_small, argument, bad, messag
     assert not model.is_trained
 
 
+def test_default_kl_warmup_is_a_quarter_of_the_epochs_at_most_25(trained):
+    """The defaults study chose a warm-up of at most 25 epochs (it had been at most 100)."""
+    model, _ = trained
+    assert model.training_info["kl_warmup_epochs"] == 1  # a quarter of max_epochs=4
+    assert [sl.models.default_kl_warmup_epochs(m) for m in (4, 20, 100, 101, 400)] == [1, 5, 25, 25, 25]
+
+
 def test_kl_weight_scales_the_kl_term_after_warm_up(pbmc_small):
     from lightning.pytorch.callbacks import Callback
 

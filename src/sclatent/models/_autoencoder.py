@@ -35,6 +35,15 @@ def default_max_epochs(n_cells: int) -> int:
     return int(np.clip(round(2_500_000 / max(n_cells, 1)), 20, 400))
 
 
+#: The longest KL warm-up the package chooses by itself (epochs); the defaults study chose it (``benchmarks/defaults.py``).
+MAX_DEFAULT_KL_WARMUP_EPOCHS = 25
+
+
+def default_kl_warmup_epochs(max_epochs: int) -> int:
+    """KL warm-up when ``kl_warmup_epochs`` is not given: a quarter of ``max_epochs``, at most 25 epochs."""
+    return min(MAX_DEFAULT_KL_WARMUP_EPOCHS, int(max_epochs) // 4)
+
+
 def check_kl_weight(kl_weight: float) -> None:
     """Raise a clear error unless ``kl_weight`` is a positive finite number."""
     number = isinstance(kl_weight, int | float | np.number) and not isinstance(kl_weight, bool)
@@ -236,8 +245,8 @@ class Autoencoder(HoldsData):
             Adam's weight decay.
         kl_warmup_epochs
             Epochs over which the KL weight rises linearly from 0 to 1; by default a quarter of
-            ``max_epochs`` (at most 100), or none when continuing from trained weights. Ignored
-            when ``variational=False``.
+            ``max_epochs`` (at most 25), or none when continuing from trained weights. Ignored
+            when ``variational=False``. Early stopping waits for the warm-up to end.
         kl_weight
             The weight of the KL term once warm-up is over (1: the evidence lower bound, as
             scvi-tools trains). Below 1 the latent keeps more of what tells cells apart and
@@ -293,7 +302,7 @@ class Autoencoder(HoldsData):
         if checkpoint_dir is not None:
             check_checkpoint_dir(checkpoint_dir, validation_fraction)
         if kl_warmup_epochs is None:
-            kl_warmup_epochs = 0 if self.trained_epochs else min(100, max_epochs // 4)
+            kl_warmup_epochs = 0 if self.trained_epochs else default_kl_warmup_epochs(max_epochs)
         if not self.config.variational:
             kl_warmup_epochs = 0
 

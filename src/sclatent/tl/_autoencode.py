@@ -178,7 +178,7 @@ def autoencode(
         Adam's weight decay.
     kl_warmup_epochs
         Epochs over which the KL weight rises linearly from 0 to 1 (``variational=True``); by
-        default a quarter of ``max_epochs``, at most 100.
+        default a quarter of ``max_epochs``, at most 25.
     kl_weight
         The weight of the KL term once warm-up is over (1: the evidence lower bound). Below 1 the
         latent keeps more of what tells cells apart and corrects batches a little less.
