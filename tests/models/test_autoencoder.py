@@ -282,6 +282,43 @@ def test_bf16_mixed_trains_like_float32(pbmc_small):
     assert elbos["bf16-mixed"] == pytest.approx(elbos["32-true"], rel=5e-3), elbos
 
 
+def test_bf16_detection_matches_the_cpu_flags():
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = set(" ".join(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert sl.train.cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
+
+
+def test_default_precision_is_bf16_only_for_large_data_on_a_bf16_cpu(monkeypatch):
+    from sclatent.models import _autoencoder
+
+    monkeypatch.setattr(_autoencoder, "cpu_has_fast_bf16", lambda: True)
+    chosen = [sl.models.default_precision(n, "cpu") for n in (2_700, 49_999, 50_000, 1_000_000)]
+    assert chosen == ["32-true", "32-true", "bf16-mixed", "bf16-mixed"]
+    assert sl.models.default_precision(1_000_000, "gpu") == "32-true"  # not measured on GPUs: float32
+    monkeypatch.setattr(_autoencoder, "cpu_has_fast_bf16", lambda: False)
+    assert sl.models.default_precision(1_000_000, "cpu") == "32-true"
+
+
+def test_fit_without_precision_trains_in_the_default_one(trained, pbmc_small, monkeypatch):
+    from sclatent.models import _autoencoder
+
+    assert trained[0].training_info["precision"] == "32-true"  # small data: float32 on any CPU
+    losses = {}
+    for precision in ("32-true", None):
+        if precision is None:  # pbmc_small counts as large data, on a CPU with bfloat16 units
+            monkeypatch.setattr(_autoencoder, "BF16_MIN_CELLS", pbmc_small.n_obs)
+            monkeypatch.setattr(_autoencoder, "cpu_has_fast_bf16", lambda: True)
+        model = sl.models.Autoencoder(pbmc_small)
+        model.fit(max_epochs=2, accelerator="cpu", precision=precision, progress_bar=False)
+        losses[precision] = model.history["validation_loss"].iloc[-1]
+    assert model.training_info["precision"] == "bf16-mixed"
+    assert losses[None] != losses["32-true"]  # autocast did run
+
+
 @pytest.mark.parametrize(
     ("argument", "bad", "message"),
     [

@@ -98,7 +98,7 @@ def autoencode(
     callbacks: Sequence[Callback] = (),
     max_time: str | timedelta | None = None,
     checkpoint_dir: str | Path | None = None,
-    precision: str = "32-true",
+    precision: str | None = None,
     copy: bool = False,
     progress_bar: bool = True,
     return_model: bool = False,
@@ -219,8 +219,10 @@ def autoencode(
     precision
         ``"32-true"`` (float32) or ``"bf16-mixed"``: matrix products in bfloat16, with weights,
         likelihood and loss in float32. Meant for CPUs with AVX512-BF16 or AMX (``lscpu`` lists
-        ``avx512_bf16`` or ``amx_bf16``; measured 1.2× faster per epoch on one) and GPUs with
+        ``avx512_bf16`` or ``amx_bf16``; 1.1-1.5× faster per epoch on one) and GPUs with
         bfloat16 units; elsewhere bfloat16 is emulated. Results differ slightly from float32's.
+        ``None`` (the default) trains in bfloat16 from 50,000 cells on a CPU with AVX512-BF16 or
+        AMX, and in float32 otherwise (:func:`sclatent.models.default_precision`).
     copy
         Return a copy instead of writing to ``adata``.
     progress_bar

@@ -7,6 +7,7 @@ from ._data import (
     DiskBatches,
     check_fit_arguments,
     check_groups,
+    cpu_has_fast_bf16,
     holdout_split,
     make_loader,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "WarmEarlyStopping",
     "check_fit_arguments",
     "check_groups",
+    "cpu_has_fast_bf16",
     "history_frame",
     "holdout_split",
     "make_loader",

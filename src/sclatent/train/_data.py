@@ -512,6 +512,18 @@ def check_groups(groups, n: int, validation_fraction: float) -> np.ndarray:
 PRECISIONS = ("32-true", "bf16-mixed")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), as torch detects it."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        detect = getattr(torch.cpu, probe, None)
+        try:
+            if detect is not None and detect():
+                return True
+        except (RuntimeError, AttributeError):  # a torch build without the probe's backend
+            continue
+    return False
+
+
 def check_precision(precision: str) -> None:
     """Raise unless ``precision`` is one of :data:`PRECISIONS`."""
     if precision not in PRECISIONS:
