@@ -57,24 +57,34 @@ ARCH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1, "dropout_rate": 0.1}
 SAME_AS_SCVI = {"likelihood": "zinb", "normalize_input": False, "rescale_latent": False}
 
 
-def resample(n_cells: int, seed: int = 0, chunk: int = 100_000):
-    """``n_cells`` × 2,000 genes of raw counts resampled from PBMC 3k, as a float32 CSR AnnData."""
+def resample(n_cells: int, seed: int = 0, chunk: int = 100_000, obs_keys: tuple[str, ...] = ()):
+    """``n_cells`` × 2,000 genes of raw counts resampled from PBMC 3k, as a float32 CSR AnnData.
+
+    ``obs_keys``: columns of the source's ``obs`` (e.g. ``"cell_type"``) each cell takes from its source cell.
+    """
     import anndata as ad
+    import pandas as pd
 
     from benchmarks._data import load_pbmc
 
     base = load_pbmc()
     X = sp.csr_matrix(base.X, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    parts = []
+    parts, sources = [], []
     for start in range(0, n_cells, chunk):
-        rows = X[rng.integers(0, X.shape[0], min(chunk, n_cells - start))]
+        sources.append(rng.integers(0, X.shape[0], min(chunk, n_cells - start)))
+        rows = X[sources[-1]]
         rows.data = rng.poisson(rows.data).astype(np.float32)
         rows.eliminate_zeros()
         parts.append(rows)
     counts = sp.vstack(parts, format="csr")
     counts.indices = counts.indices.astype(np.int32)
-    return ad.AnnData(X=counts, var=base.var[[]].copy())
+    source = np.concatenate(sources)
+    obs = pd.DataFrame(
+        {key: base.obs[key].astype(str).to_numpy()[source] for key in obs_keys},
+        index=pd.RangeIndex(n_cells).astype(str),
+    )
+    return ad.AnnData(X=counts, var=base.var[[]].copy(), obs=obs if obs_keys else None)
 
 
 def _status_mb(field: str) -> float | None:

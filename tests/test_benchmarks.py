@@ -136,3 +136,18 @@ def test_disk_throughput_is_compared_within_rounds():
     assert (
         "- 200,000 cells: from disk at 90% of the in-memory throughput (median of 3 rounds: 90%, 100%, 80%)." in lines
     )
+
+
+def test_resampled_cells_keep_their_source_cells_type():
+    source = load_pbmc()
+    cells = resample(3_000, seed=1, chunk=1_000, obs_keys=("cell_type",))
+    unlabelled = resample(3_000, seed=1, chunk=1_000)
+    assert (cells.X != unlabelled.X).nnz == 0  # the labels change nothing else
+    expected = source.obs["cell_type"].value_counts(normalize=True)
+    drawn = cells.obs["cell_type"].value_counts(normalize=True)
+    assert set(drawn.index) == set(expected.index.astype(str))
+    assert (drawn - expected.rename(index=str)).abs().max() < 0.03
+    # the labels follow the counts: the B-cell marker CD79A is far higher in cells labelled B cells
+    cd79a = np.asarray(cells[:, "CD79A"].X.todense()).ravel()
+    is_b = (cells.obs["cell_type"] == "B cells").to_numpy()
+    assert cd79a[is_b].mean() > 5 * cd79a[~is_b].mean()
