@@ -288,6 +288,10 @@ def test_bf16_detection_matches_the_cpu_flags():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    import torch
+
+    if not hasattr(torch.cpu, "_is_avx512_bf16_supported"):
+        pytest.skip("this torch has no bfloat16 probe: sclatent then assumes no bfloat16 units")
     flags = set(" ".join(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
     assert sl.train.cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_tile"} & flags)
 
@@ -299,6 +303,11 @@ def test_default_precision_is_bf16_only_for_large_data_on_a_bf16_cpu(monkeypatch
     chosen = [sl.models.default_precision(n, "cpu") for n in (2_700, 49_999, 50_000, 1_000_000)]
     assert chosen == ["32-true", "32-true", "bf16-mixed", "bf16-mixed"]
     assert sl.models.default_precision(1_000_000, "gpu") == "32-true"  # not measured on GPUs: float32
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)
+    assert sl.models.default_precision(1_000_000) == "bf16-mixed"  # "auto" that finds no GPU trains on the CPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert sl.models.default_precision(1_000_000) == "32-true"  # "auto" that finds a GPU trains there
     monkeypatch.setattr(_autoencoder, "cpu_has_fast_bf16", lambda: False)
     assert sl.models.default_precision(1_000_000, "cpu") == "32-true"
 

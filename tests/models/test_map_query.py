@@ -70,10 +70,14 @@ def test_the_reference_latent_does_not_move(cellbench_mapped):
             assert torch.equal(new, value), name
 
 
+def donor_halves(adata):
+    """The cells of donor batch "a" as the reference, those of "b" as the query."""
+    return adata[adata.obs["donor_batch"] == "a"].copy(), adata[adata.obs["donor_batch"] == "b"].copy()
+
+
 def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_small):
     """With batch norm (the default) the running statistics stay; a weight decay would have moved frozen weights."""
-    reference = pbmc_small[pbmc_small.obs["donor_batch"] == "a"].copy()
-    query = pbmc_small[pbmc_small.obs["donor_batch"] == "b"].copy()
+    reference, query = donor_halves(pbmc_small)
     model = sl.tl.autoencode(
         reference,
         batch_key="donor_batch",
@@ -95,6 +99,30 @@ def test_batch_norm_statistics_and_weight_decay_leave_the_reference_alone(pbmc_s
     assert mapped.training_info["weight_decay"] == 0.0
     assert mapped.training_info["kl_weight"] == 0.5  # the query trains on the reference's objective
     assert all(p.requires_grad for p in mapped.module.parameters())  # the freezing ends with the mapping
+
+
+def test_the_query_trains_in_the_precision_asked_for(pbmc_small):
+    reference, query = donor_halves(pbmc_small)
+    model = sl.models.Autoencoder(reference, batch_key="donor_batch", norm="layer").fit(
+        max_epochs=2, progress_bar=False
+    )
+    losses = {}
+    for precision in (None, "bf16-mixed"):
+        _, mapped = sl.tl.map_query(
+            query,
+            model,
+            max_epochs=2,
+            early_stopping=False,
+            precision=precision,
+            progress_bar=False,
+            copy=True,
+            return_model=True,
+        )
+        losses[precision] = mapped.history["validation_loss"].iloc[-1]
+        assert mapped.training_info["precision"] == (
+            "32-true" if precision is None else precision
+        )  # small query: float32
+    assert losses[None] != losses["bf16-mixed"]
 
 
 def test_plates_transfer_and_a_mapped_model_saves_loads_and_maps_again(cellbench_5cl, tmp_path):

@@ -60,14 +60,18 @@ def default_precision(n_cells: int, accelerator: str = "auto") -> str:
     """``precision`` when none is given: ``"bf16-mixed"`` on a CPU with AVX512-BF16 or AMX from 50,000 cells on, else ``"32-true"``.
 
     bfloat16 matrix products keep the held-out ELBO of float32 training (weights, likelihood and loss
-    stay float32) and make an epoch 1.1-1.5x faster on such CPUs (``docs/benchmarks/scale.md``).
-    Smaller data keep float32, so that their results do not depend on the CPU; so do GPUs and other
-    accelerators, where the package has not measured bfloat16.
+    stay float32; ``docs/benchmarks/precision.md``) and made an epoch at the default batch size
+    1.1-1.5x faster on such a CPU (``docs/benchmarks/scale.md``). Smaller data keep float32, so that
+    their results do not depend on the CPU; so do GPUs and other accelerators (also when
+    ``accelerator="auto"`` finds one, or is an accelerator object), where bfloat16 has not been
+    measured. Each process of distributed training decides for its own CPU.
     """
-    if isinstance(accelerator, str) and accelerator == "auto":
-        on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    if isinstance(accelerator, str) and accelerator == "auto":  # Lightning's choice: a GPU or TPU when there is one
+        from lightning.pytorch.accelerators import XLAAccelerator
+
+        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available() or XLAAccelerator.is_available())
     else:
-        on_cpu = accelerator == "cpu"
+        on_cpu = isinstance(accelerator, str) and accelerator == "cpu"
     return "bf16-mixed" if n_cells >= BF16_MIN_CELLS and on_cpu and cpu_has_fast_bf16() else "32-true"
 
 
@@ -563,6 +567,7 @@ class Autoencoder(HoldsData):
         progress_bar: bool = True,
         callbacks: Sequence[Callback] = (),
         max_time: str | timedelta | None = None,
+        precision: str | None = None,
     ) -> Autoencoder:
         """Map new data onto this trained model (architecture surgery, as scArches does) and return the mapped model.
 
@@ -592,8 +597,8 @@ class Autoencoder(HoldsData):
             As for :meth:`fit`, on the query cells.
         min_gene_overlap
             The smallest fraction of the model's genes that the query must have.
-        accelerator, devices, progress_bar, callbacks, max_time
-            As for :meth:`fit`.
+        accelerator, devices, progress_bar, callbacks, max_time, precision
+            As for :meth:`fit` (``precision=None`` chooses from the number of query cells).
 
         Returns
         -------
@@ -683,6 +688,7 @@ class Autoencoder(HoldsData):
                 progress_bar=progress_bar,
                 callbacks=callbacks,
                 max_time=max_time,
+                precision=precision,
             )
         # only the new categories' weights trained: a known category stays as the reference left it
         mapped.trained_categories = {

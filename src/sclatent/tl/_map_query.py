@@ -34,6 +34,7 @@ def map_query(
     progress_bar: bool = True,
     callbacks: Sequence[Callback] = (),
     max_time: str | timedelta | None = None,
+    precision: str | None = None,
     key_added: str = "sclatent",
     copy: bool = False,
     return_model: bool = False,
@@ -60,7 +61,7 @@ def map_query(
         Training on the query, as for :meth:`~sclatent.models.Autoencoder.fit`.
     min_gene_overlap
         The smallest fraction of the model's genes the query must have; missing genes are filled with zeros.
-    accelerator, devices, progress_bar, callbacks, max_time
+    accelerator, devices, progress_bar, callbacks, max_time, precision
         As for :func:`~sclatent.tl.autoencode`.
     key_added
         The latent goes to ``query.obsm[f"X_{key_added}"]``; use the reference's key (the default
@@ -103,6 +104,7 @@ def map_query(
         progress_bar=progress_bar,
         callbacks=callbacks,
         max_time=max_time,
+        precision=precision,
     )
     latent = mapped.get_latent()
     query = query.copy() if copy else query
