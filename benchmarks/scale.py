@@ -79,12 +79,12 @@ def resample(n_cells: int, seed: int = 0, chunk: int = 100_000, obs_keys: tuple[
         parts.append(rows)
     counts = sp.vstack(parts, format="csr")
     counts.indices = counts.indices.astype(np.int32)
-    source = np.concatenate(sources)
-    obs = pd.DataFrame(
-        {key: base.obs[key].astype(str).to_numpy()[source] for key in obs_keys},
-        index=pd.RangeIndex(n_cells).astype(str),
-    )
-    return ad.AnnData(X=counts, var=base.var[[]].copy(), obs=obs if obs_keys else None)
+    adata = ad.AnnData(X=counts, var=base.var[[]].copy())
+    if obs_keys:  # only when asked: a million cell names are tens of MB the timed runs do not need
+        source = np.concatenate(sources)
+        obs = {key: base.obs[key].astype(str).to_numpy()[source] for key in obs_keys}
+        adata.obs = pd.DataFrame(obs, index=adata.obs_names)
+    return adata
 
 
 def _status_mb(field: str) -> float | None:
