@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks import autoencode_vs_scvi, defaults, disk, labels, mapping, precision, quality, scale, trajectory
+from benchmarks import autoencode_vs_scvi, defaults, disk, labels, mapping, precision, quality, scale, step, trajectory
 
 PAGES = {
     "speed": ("Speed against scVI on PBMC 3k", autoencode_vs_scvi.main),
@@ -21,6 +21,7 @@ PAGES = {
     "mapping": ("Mapping a query onto a reference: sclatent against scvi-tools", mapping.main),
     "scale": ("Cost against cells: 4k, 10k, 100k and 1M cells", scale.main),
     "disk": ("Training from disk against training in memory: 200k and 2M cells", disk.main),
+    "step": ("Where a training step's time goes, and how fast a step could be", step.main),
     "precision": ("bfloat16 against float32 at 100,000 cells: held-out loss, clusters and time", precision.main),
 }
 
@@ -41,7 +42,15 @@ def main() -> None:
             f"# {title}",
             "",
             f"Made by `python -m benchmarks --only {name}` (part of `make bench`) "
-            + (f"in {minutes:.0f} min. " if minutes >= 1 else "from its stored runs (`--resume`). ")
+            + (
+                f"in {minutes:.0f} min. "
+                if minutes >= 1
+                else (
+                    "from its stored runs (`--resume`). "
+                    if {"--resume", "--report-only"} & set(rest)
+                    else "in under a minute. "
+                )
+            )
             + autoencode_vs_scvi.machine(),
             "",
         ]
