@@ -83,7 +83,34 @@ def compiled_zinb():
     return run
 
 
-def _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled):
+def fused_zinb():
+    """The prototype fused C++ kernel (``zinb_fused.cpp``), built by torch's JIT extension loader."""
+    from torch.utils.cpp_extension import load
+
+    flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+    source = Path(__file__).with_name("zinb_fused.cpp")
+    return load("sclatent_step_zinb_fused", [str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"]).zinb_fused
+
+
+def check_fused(kernel, batch, logits, log_theta, zi) -> dict[str, float]:
+    """Largest difference of the fused kernel's loss and gradients from sclatent's, relative to the largest value."""
+    import torch
+
+    import sclatent as sl
+
+    leaves = [t.detach().clone().requires_grad_() for t in (logits, zi, log_theta)]
+    mu = batch["library"] * torch.softmax(leaves[0], -1)
+    ours = -sl.module.log_zinb(batch["x"], mu, torch.exp(leaves[2]), leaves[1]).sum(-1)
+    ours.sum().backward()
+    loss, *grads = kernel(batch["x"], logits, batch["library"].reshape(-1), log_theta, zi)
+    pairs = {
+        "loss": (loss, ours.detach()),
+        **{k: (g, t.grad) for k, g, t in zip(("logits", "zi", "theta"), grads, leaves, strict=True)},
+    }
+    return {k: float((a - b).abs().max() / b.abs().max()) for k, (a, b) in pairs.items()}
+
+
+def _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled, zinb_fused):
     """The timed parts at ``batch_size``: name -> (function of a batch number and a precision, precisions)."""
     import torch
     from scvi.distributions import ZeroInflatedNegativeBinomial as ScviZINB
@@ -141,6 +168,14 @@ def _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled):
         x, library, logits, zi = likelihood_inputs(i)
         zinb_compiled(x, library, logits, log_theta, zi).backward()
 
+    def likelihood_fused(i, precision):
+        x, library, logits, zi = likelihood_inputs(i)
+        _loss, d_logits, d_zi, d_log_theta = zinb_fused(
+            x, logits.detach(), library.reshape(-1), log_theta.detach(), zi.detach()
+        )
+        grad = torch.full((len(x), 1), 1 / len(x))  # what autograd's backward would scale the gradients by
+        d_logits.mul_(grad), d_zi.mul_(grad), d_log_theta.mul_(1 / len(x))
+
     def likelihood_scvi(i, precision):
         x, library, logits, zi = likelihood_inputs(i)
         mu = library * torch.softmax(logits, -1)
@@ -175,6 +210,8 @@ def _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled):
     }
     if zinb_compiled is not None:
         parts["likelihood, compiled"] = (likelihood_compiled, ("32-true",))
+    if zinb_fused is not None:
+        parts["likelihood, fused C++ (prototype)"] = (likelihood_fused, ("32-true",))
     return parts, len(batches)
 
 
@@ -208,12 +245,16 @@ def main(argv: list[str] | None = None) -> list[str]:
         zinb_compiled = compiled_zinb()
     except Exception as err:  # no compiler: the page says so
         zinb_compiled, compile_error = None, repr(err)
+    try:
+        zinb_fused = fused_zinb()
+    except Exception as err:  # no compiler or no ninja: the page says so
+        zinb_fused, fused_error = None, repr(err)
 
     results: dict[tuple[str, int, str], list[float]] = {}
     rows_of = {}
 
     for batch_size in BATCH_SIZES:
-        parts, n_batches = _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled)
+        parts, n_batches = _parts(batch_size, data, module, scvi_module, scvi_model, zinb_compiled, zinb_fused)
         runs = [(name, precision, fn) for name, (fn, precisions) in parts.items() for precision in precisions]
         for _, precision, fn in runs:  # warm-up (and compilation), untimed
             for i in range(3):
@@ -239,6 +280,22 @@ def main(argv: list[str] | None = None) -> list[str]:
     ]
     if zinb_compiled is None:
         lines += [f"`torch.compile` failed here ({compile_error}), so the compiled likelihood is missing.", ""]
+    if zinb_fused is None:
+        lines += [f"The fused C++ prototype could not be built here ({fused_error}), so it is missing.", ""]
+    else:
+        batch = data[np.arange(256)]
+        with torch.no_grad():
+            h = module.decoder(module.encode(batch["x"], None, batch["library"])[0], None)
+            logits, zi = module.likelihood.scale(h), module.likelihood.dropout(h)
+        diff = check_fused(zinb_fused, batch, logits, module.likelihood.log_theta.detach(), zi)
+        lines += [
+            "The fused C++ prototype (`benchmarks/zinb_fused.cpp`, built by torch's JIT extension loader with "
+            "`-O3 -march=native -ffast-math -fopenmp`) computes the loss and its gradients in one pass per cell. "
+            "Against sclatent's kernel on 256 cells, its largest differences, relative to the largest value: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in diff.items())
+            + ". It is a measurement, not part of the package.",
+            "",
+        ]
     lines += [
         "## Each part of a step",
         "",
@@ -279,6 +336,12 @@ def main(argv: list[str] | None = None) -> list[str]:
         ],
         "network + gather (a likelihood that cost nothing)": lambda p: [("network", p), ("gather", "32-true")],
     }
+    if zinb_fused is not None:
+        steps["network + fused C++ likelihood + gather"] = lambda p: [
+            ("network", p),
+            ("likelihood, fused C++ (prototype)", "32-true"),
+            ("gather", "32-true"),
+        ]
     lines += [
         "",
         "## How fast a step could be",
