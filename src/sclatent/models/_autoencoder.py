@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from scanpy import logging as logg
 
-from ..module import AutoencoderConfig, AutoencoderModule, get_likelihood
+from ..module import AutoencoderConfig, AutoencoderModule, fused_zinb_status, get_likelihood
 from ..nn._base import check_layers, check_norm
 from ..train import (
     CellData,
@@ -66,13 +66,17 @@ def default_precision(n_cells: int, accelerator: str = "auto") -> str:
     ``accelerator="auto"`` finds one, or is an accelerator object), where bfloat16 has not been
     measured. Each process of distributed training decides for its own CPU.
     """
-    if isinstance(accelerator, str) and accelerator == "auto":  # Lightning's choice: a GPU or TPU when there is one
+    on_cpu = trains_on_cpu(accelerator)
+    return "bf16-mixed" if n_cells >= BF16_MIN_CELLS and on_cpu and cpu_has_fast_bf16() else "32-true"
+
+
+def trains_on_cpu(accelerator: str = "auto") -> bool:
+    """Whether Lightning trains on the CPU with ``accelerator`` (``"auto"``: when it finds no GPU, MPS or TPU)."""
+    if isinstance(accelerator, str) and accelerator == "auto":
         from lightning.pytorch.accelerators import XLAAccelerator
 
-        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available() or XLAAccelerator.is_available())
-    else:
-        on_cpu = isinstance(accelerator, str) and accelerator == "cpu"
-    return "bf16-mixed" if n_cells >= BF16_MIN_CELLS and on_cpu and cpu_has_fast_bf16() else "32-true"
+        return not (torch.cuda.is_available() or torch.backends.mps.is_available() or XLAAccelerator.is_available())
+    return isinstance(accelerator, str) and accelerator == "cpu"
 
 
 def check_kl_weight(kl_weight: float) -> None:
@@ -397,6 +401,10 @@ class Autoencoder(HoldsData):
                 write_model(checkpoint_dir, meta, self.module, kind="Autoencoder", overwrite=True)
 
         self._check_axes_differentiable(data, train_idx[:1])  # before training, not after it
+        on_cpu = trains_on_cpu(accelerator)
+        self.module.likelihood.prepare(on_cpu=on_cpu)
+        if on_cpu and self.config.likelihood == "zinb":  # "fused", or why the PyTorch kernel runs
+            settings["zinb_kernel"] = fused_zinb_status()
         self.latent_axes_fitted = False  # the weights change from here
         try:
             outcome = run_fit(

@@ -2,6 +2,7 @@
 
 from ._autoencoder import AutoencoderConfig, AutoencoderModule, LossOutput
 from ._classifier import ClassifierConfig, ClassifierModule
+from ._fused import fused_zinb_kernel, fused_zinb_nll, fused_zinb_status
 from ._likelihoods import (
     GaussianLikelihood,
     Likelihood,
@@ -34,6 +35,9 @@ __all__ = [
     "ZINBLikelihood",
     "ZeroInflatedNegativeBinomial",
     "available_likelihoods",
+    "fused_zinb_kernel",
+    "fused_zinb_nll",
+    "fused_zinb_status",
     "get_likelihood",
     "log_nb",
     "log_poisson",

@@ -355,6 +355,6 @@ class AutoencoderModule(nn.Module):
         else:
             z = mean
             kl = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        reconstruction = -self.decode(z, cov, batch["library"]).log_prob(x).sum(-1)
+        reconstruction = self.likelihood.reconstruction_loss(self.decoder(z, cov), batch["library"], x)
         loss = torch.mean(reconstruction + kl_weight * kl)
         return LossOutput(loss, reconstruction, kl)

@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributions import Distribution, Normal
 
 from ..nn import full_precision
+from ._fused import fused_zinb_kernel, fused_zinb_nll
 
 _EPS = 1e-8
 
@@ -196,7 +197,8 @@ class Likelihood(nn.Module):
 
     A likelihood owns the decoder's output layers and any gene-wise parameters, and turns the
     decoder's hidden state into a :class:`torch.distributions.Distribution` over the
-    observations. The loss is ``-dist.log_prob(x).sum(-1)`` (plus the KL term).
+    observations. The loss is ``-dist.log_prob(x).sum(-1)`` (plus the KL term), computed by
+    :meth:`reconstruction_loss`.
 
     Subclass it, set :attr:`counts`, implement :meth:`forward` and :meth:`normalized_mean`,
     and register it with :func:`register_likelihood`; its name can then be passed as
@@ -229,6 +231,17 @@ class Likelihood(nn.Module):
     def forward(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
         """Return the distribution of the observations given decoder state ``h`` and library sizes (cells × 1)."""
         raise NotImplementedError
+
+    def reconstruction_loss(self, h: torch.Tensor, library: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Each cell's negative log-likelihood of observations ``x`` (cells): ``-self(h, library).log_prob(x).sum(-1)``.
+
+        The training loss's reconstruction term. Override it only with a faster computation of the
+        same value (as :class:`ZINBLikelihood` does on CPUs).
+        """
+        return -self(h, library).log_prob(x).sum(-1)
+
+    def prepare(self, on_cpu: bool) -> None:
+        """Get ready to train (``fit`` calls it first; ``on_cpu``: whether training runs on a CPU), e.g. build a kernel; here nothing."""
 
     def normalized_mean(self, h: torch.Tensor) -> torch.Tensor:
         """Denoised expression: the expected value per unit library size (counts), or the mean (gaussian)."""
@@ -319,6 +332,32 @@ class ZINBLikelihood(NBLikelihood):
     def forward(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
         mu = library * self.normalized_mean(h)
         return ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), self.dropout_logits(h))
+
+    def _fusable(self) -> bool:
+        """Whether the fused kernel computes this class's loss: true unless a subclass changed how ``mu`` or the dropout is made."""
+        cls = type(self)
+        return (
+            cls.forward is ZINBLikelihood.forward
+            and cls.normalized_mean is _ScaledCounts.normalized_mean
+            and cls.dropout_logits is ZINBLikelihood.dropout_logits
+        )
+
+    def reconstruction_loss(self, h: torch.Tensor, library: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Each cell's negative log-likelihood; by the fused kernel (:func:`~sclatent.module.fused_zinb_kernel`) on CPUs where it is built."""
+        if not self._fusable():
+            return super().reconstruction_loss(h, library, x)
+        logits, zi_logits = full_precision(self.scale(h)), self.dropout_logits(h)
+        nll = fused_zinb_nll(x, logits, library, self.log_theta, zi_logits)
+        if nll is not None:
+            return nll
+        # the PyTorch kernel (GPUs, no build, non-finite values), on the heads already computed
+        mu = library * torch.softmax(logits, dim=-1)
+        return -ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), zi_logits).log_prob(x).sum(-1)
+
+    def prepare(self, on_cpu: bool) -> None:
+        """Build (or load) the fused kernel before training on a CPU, so that its first build does not fall in an epoch."""
+        if on_cpu and self._fusable():
+            fused_zinb_kernel()
 
 
 @register_likelihood("gaussian")
