@@ -72,6 +72,36 @@ def test_fused_kernel_builds_and_matches_scvi_on_real_counts(real_inputs):
 
 
 @pytest.mark.skipif(not CAN_BUILD, reason="the fused kernel builds on Linux x86-64 with a C++ compiler and ninja")
+def test_fused_kernel_at_extreme_values_and_without_gradients(real_inputs):
+    """An empty cell, zero-inflation logits of ±100, theta from e^-15 to e^15: as close to float64 as float32 allows."""
+    x, library, logits, zi, log_theta = (t.clone() for t in real_inputs)
+    x[5], library[5] = 0.0, 0.0  # a cell without counts
+    zi[:, :50], zi[:, 50:100] = 100.0, -100.0
+    log_theta[:20], log_theta[20:40] = 15.0, -15.0
+    inputs = (x, library, logits, zi, log_theta)
+    weights = torch.ones(x.shape[0])
+
+    def fused(x, library, logits, zi, log_theta):
+        return sl.module.fused_zinb_nll(x, logits, library, log_theta, zi)
+
+    ours, our_grads = _loss_and_grads(fused, *inputs, weights)
+    exact, exact_grads = _loss_and_grads(_reference, *(t.double() for t in inputs), weights.double())
+    single, single_grads = _loss_and_grads(_reference, *inputs, weights)
+    for a, b, truth in zip([ours, *our_grads], [single, *single_grads], [exact, *exact_grads], strict=True):
+        assert torch.isfinite(a).all()
+        fused_error = float((a.double() - truth).abs().max())
+        float32_error = float((b.double() - truth).abs().max())
+        assert fused_error <= 2 * float32_error + 1e-6 * float(truth.abs().max()), (fused_error, float32_error)
+    # without gradients (validation): the kernel's cheaper path, the same values, no autograd node
+    with torch.no_grad():
+        plain = sl.module.fused_zinb_nll(x, logits, library, log_theta, zi)
+    assert plain.grad_fn is None
+    torch.testing.assert_close(plain, ours, rtol=0, atol=0)
+    # a theta that overflows float32 goes to the PyTorch kernel
+    assert sl.module.fused_zinb_nll(x, logits, library, torch.full_like(log_theta, 90.0), zi) is None
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="the fused kernel builds on Linux x86-64 with a C++ compiler and ninja")
 def test_fused_kernel_leaves_non_finite_inputs_to_the_pytorch_kernel(real_inputs):
     x, library, logits, zi, log_theta = real_inputs
     bad = logits.clone()
@@ -107,6 +137,11 @@ def test_training_on_cpu_uses_the_fused_kernel(pbmc_small):
     model = sl.models.Autoencoder(pbmc_small)
     model.fit(max_epochs=2, progress_bar=False, accelerator="cpu")
     assert model.training_info["zinb_kernel"] == "fused"
+    # the training loss's reconstruction term comes from the kernel's autograd node
+    module = model.module.train()
+    batch = model._inputs(None)[np.arange(64)]
+    out = module(batch)
+    assert type(out.reconstruction.grad_fn).__name__ == "_FusedZINBBackward"
     nb = sl.models.Autoencoder(pbmc_small, likelihood="nb")
     nb.fit(max_epochs=1, progress_bar=False)
     assert "zinb_kernel" not in nb.training_info

@@ -29,6 +29,8 @@ _SOURCE = Path(__file__).with_name("_zinb_fused.cpp")
 #: so :func:`fused_zinb_nll` hands non-finite inputs to the PyTorch kernel instead.
 _FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp")
 _LOCK = threading.Lock()
+#: Above this log theta, exp overflows float32 (at 88.7): such values go to the PyTorch kernel.
+_MAX_LOG_THETA = 80.0
 _STATE: dict = {"tried": False, "kernel": None, "error": None}
 
 
@@ -63,8 +65,9 @@ def fused_zinb_kernel():
 
             name = f"sclatent_zinb_{_cpu_tag()}"
             logg.info("sclatent: loading the fused ZINB kernel (the first time on a machine, it is built: ~30 s)")
+            _STATE["error"] = "the build was interrupted"  # until it ends
             module = load(name, [str(_SOURCE)], extra_cflags=list(_FLAGS), extra_ldflags=["-fopenmp"], verbose=False)
-            _STATE["kernel"] = module.zinb_nll
+            _STATE["kernel"], _STATE["error"] = module.zinb_nll, None
         except Exception as err:  # any failed build falls back, and says why
             _STATE["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
             logg.info(
@@ -86,10 +89,9 @@ class _FusedZINB(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, logits, library, log_theta, zi, kernel):
-        need = ctx.needs_input_grad[1] or ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
-        out = kernel(x, logits, library, log_theta, zi, need)
-        if need:
-            ctx.save_for_backward(*out[1:])
+        # applied only when a gradient is wanted (fused_zinb_nll calls the kernel directly otherwise)
+        out = kernel(x, logits, library, log_theta, zi, True)
+        ctx.save_for_backward(*out[1:])
         return out[0]
 
     @staticmethod
@@ -114,11 +116,22 @@ def fused_zinb_nll(
         return None
     if x.dim() != 2 or logits.shape != x.shape or zi.shape != x.shape or log_theta.shape != x.shape[-1:]:
         return None
+    if library.numel() != x.shape[0]:
+        return None
     kernel = fused_zinb_kernel()
     if kernel is None:
         return None
-    with torch.no_grad():  # one cheap pass: a sum is finite only if every value is (or it overflowed: fine too)
-        if not torch.isfinite(logits.sum() + zi.sum() + log_theta.sum()):
-            return None  # the PyTorch kernel's NaN reaches the training loop's check
+    with torch.no_grad():
+        # the kernel is built with -ffast-math, which assumes finite values: non-finite inputs, and a theta
+        # that overflows float32 (exp(88.7)), go to the PyTorch kernel, whose NaN reaches the training
+        # loop's check. One cheap pass: a sum is finite only if every value is (or it overflowed: fine too).
+        if (
+            not torch.isfinite(logits.sum() + zi.sum() + x.sum() + library.sum())
+            or float(log_theta.max()) > _MAX_LOG_THETA
+        ):
+            return None
     x, logits, zi, log_theta = (t.contiguous() for t in (x, logits, zi, log_theta))
-    return _FusedZINB.apply(x, logits, library.reshape(-1).contiguous(), log_theta, zi, kernel)
+    library = library.reshape(-1).contiguous()
+    if not (torch.is_grad_enabled() and (logits.requires_grad or zi.requires_grad or log_theta.requires_grad)):
+        return kernel(x, logits, library, log_theta, zi, False)[0]  # no gradients to compute (validation, ELBO)
+    return _FusedZINB.apply(x, logits, library, log_theta, zi, kernel)

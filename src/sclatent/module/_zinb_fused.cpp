@@ -129,7 +129,8 @@ std::vector<torch::Tensor> zinb_nll(torch::Tensor x, torch::Tensor logits, torch
         const float mdm = mug * (-th_tm + xv / (mug + eps) - xv / tm);
         S += mdm - dl[g];
         dl[g] = mdm;
-        dz[g] = -1.f / (1.f + std::exp(-zr[g]));  // -sigmoid(zi)
+        const float ez = std::exp(-std::fabs(zr[g]));
+        dz[g] = -(zr[g] >= 0.f ? 1.f : ez) / (1.f + ez);  // -sigmoid(zi), without overflow
         dt[g] = ((DQC[g] - log_tm - th_tm) - xv / tm + digamma(xv + th) - digamma_theta[g]) * th;
       }
       LOSS[b] = static_cast<float>(-lp);
