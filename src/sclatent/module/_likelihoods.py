@@ -330,8 +330,11 @@ class ZINBLikelihood(NBLikelihood):
         return full_precision(self.dropout(h))
 
     def forward(self, h: torch.Tensor, library: torch.Tensor) -> Distribution:
-        mu = library * self.normalized_mean(h)
-        return ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), self.dropout_logits(h))
+        return self._distribution(library * self.normalized_mean(h), self.dropout_logits(h))
+
+    def _distribution(self, mu: torch.Tensor, zi_logits: torch.Tensor) -> Distribution:
+        """Return the ZINB with mean ``mu`` and dropout logits ``zi_logits`` (this likelihood's theta)."""
+        return ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), zi_logits)
 
     def _fusable(self) -> bool:
         """Whether the fused kernel computes this class's loss: true unless a subclass changed how ``mu`` or the dropout is made."""
@@ -351,8 +354,7 @@ class ZINBLikelihood(NBLikelihood):
         if nll is not None:
             return nll
         # the PyTorch kernel (GPUs, no build, non-finite values), on the heads already computed
-        mu = library * torch.softmax(logits, dim=-1)
-        return -ZeroInflatedNegativeBinomial(mu, torch.exp(self.log_theta), zi_logits).log_prob(x).sum(-1)
+        return -self._distribution(library * torch.softmax(logits, dim=-1), zi_logits).log_prob(x).sum(-1)
 
     def prepare(self, on_cpu: bool) -> None:
         """Build (or load) the fused kernel before training on a CPU, so that its first build does not fall in an epoch."""
